@@ -1,0 +1,145 @@
+"""Messages between drafters, verifiers and the engine: small frozen dataclasses of CPU data.
+
+They are the only things that cross an actor boundary, so they hold token ids and
+probabilities, never models or GPU tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How one request is decoded.
+
+    Attributes:
+        max_new_tokens: upper bound on generated tokens (> 0).
+        temperature: 0 means greedy; otherwise the softmax temperature.
+        top_p: nucleus mass kept (0 < top_p <= 1).
+        top_k: keep the k most likely tokens; 0 keeps all.
+        stop: strings that end generation; the stop string itself is not returned.
+        ignore_eos: keep generating past the EOS token (benchmarks).
+        seed: seeds this request's sampler, for reproducible sampling.
+    """
+
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    stop: tuple[str, ...] = ()
+    ignore_eos: bool = False
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens <= 0:
+            raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if any(not s for s in self.stop):
+            raise ValueError("stop strings must be non-empty")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass(frozen=True)
+class DraftBudget:
+    """How large a tree the drafter may propose for one sequence this step.
+
+    Attributes:
+        max_nodes: tree size limit; 0 means "do not speculate".
+        max_depth: longest root-to-leaf path.
+    """
+
+    max_nodes: int
+    max_depth: int
+
+
+@dataclass(frozen=True)
+class DraftTree:
+    """One sequence's proposal, in BFS order.
+
+    Attributes:
+        seq_id: the sequence it extends.
+        tokens: ``[T]`` int64 drafted token ids.
+        parents: ``[T]`` int64, ``parents[i] < i``; ``-1`` = child of the last committed token.
+            Siblings hold distinct tokens.
+        draft_probs: ``[T]`` float32, the drafter's confidence in each token given its
+            path (its probability, or an estimate). Acceptance stays lossless whatever
+            these hold; they drive the draft budget.
+    """
+
+    seq_id: int
+    tokens: torch.Tensor
+    parents: torch.Tensor
+    draft_probs: torch.Tensor
+
+    @staticmethod
+    def empty(seq_id: int) -> DraftTree:
+        return DraftTree(
+            seq_id,
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.long),
+            torch.zeros(0, dtype=torch.float32),
+        )
+
+    @staticmethod
+    def chain(seq_id: int, tokens: list[int], probs: list[float] | None = None) -> DraftTree:
+        """A linear draft: each token the child of the previous one."""
+        n = len(tokens)
+        return DraftTree(
+            seq_id,
+            torch.tensor(tokens, dtype=torch.long).view(n),
+            torch.arange(-1, n - 1, dtype=torch.long),
+            torch.tensor(probs if probs is not None else [1.0] * n, dtype=torch.float32).view(n),
+        )
+
+    def __len__(self) -> int:
+        return int(self.tokens.numel())
+
+    def depths(self) -> torch.Tensor:
+        """``[T]`` int64 depth of each node; roots have depth 1."""
+        depth = torch.zeros(len(self), dtype=torch.long)
+        for i, parent in enumerate(self.parents.tolist()):
+            depth[i] = 1 if parent < 0 else depth[parent] + 1
+        return depth
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the verifier decided for one sequence's tree.
+
+    Attributes:
+        seq_id: the sequence.
+        tokens: committed this step: the accepted drafted tokens, then one token sampled by
+            the verifier (the correction at the first rejection, or the bonus after a fully
+            accepted path). Always at least one token.
+        accepted_nodes: tree indices of the accepted drafted tokens, root to leaf.
+        num_drafted: size of the tree that was verified.
+        context_tokens: ``[N]`` the step's input tokens (tokens fed to the verifier this step),
+            present when the drafter asked for the verifier's top-k.
+        context_topk: ``[N, k]`` the verifier's k most likely next tokens after each of them.
+        context_topk_probs: ``[N, k]`` their probabilities.
+    """
+
+    seq_id: int
+    tokens: list[int]
+    accepted_nodes: list[int]
+    num_drafted: int
+    context_tokens: torch.Tensor | None = None
+    context_topk: torch.Tensor | None = None
+    context_topk_probs: torch.Tensor | None = field(default=None)
+
+    @property
+    def num_accepted(self) -> int:
+        return len(self.accepted_nodes)
