@@ -131,3 +131,25 @@ def tree_attention_ref(
     )
     padding = torch.arange(q_rows, device=q.device).view(1, q_rows) >= q_lens.to(q.device).view(batch, 1)
     return out.masked_fill(padding[:, None, :, None], 0.0)
+
+
+def tree_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_lens: torch.Tensor,
+    q_lens: torch.Tensor,
+    tree_mask: torch.Tensor,
+    scale: float | None = None,
+    backend: str = "auto",
+    dense_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Tree attention through the chosen backend (``auto``: Triton on CUDA, reference elsewhere).
+
+    Same arguments and result as :func:`tree_attention_ref`.
+    """
+    if backend not in ("auto", "reference", "triton"):
+        raise ValueError(f"attention backend must be auto, reference or triton, got {backend!r}")
+    # TODO(kernel issue): dispatch to the Triton kernel.
+    return tree_attention_ref(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale, dense_mask)
