@@ -1,0 +1,42 @@
+"""Load a pipeline's typed config from YAML plus ``key=value`` overrides, failing early by key."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import TypeVar
+
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A config file or override that does not fit the pipeline's dataclass."""
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
+    """Build ``cls`` (a dataclass) from its defaults, a YAML file, then dotlist overrides.
+
+    Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key; the
+    dataclass's own ``__post_init__`` checks value ranges.
+    """
+    try:
+        merged = OmegaConf.structured(cls)
+        if path is not None:
+            if not Path(path).exists():
+                raise ConfigError(f"config file does not exist: {path}")
+            merged = OmegaConf.merge(merged, OmegaConf.load(path))
+        if overrides:
+            for item in overrides:
+                if "=" not in item:
+                    raise ConfigError(f"override {item!r} is not of the form key=value")
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
+        config = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or getattr(error, "key", None)
+        detail = str(error).splitlines()[0]
+        raise ConfigError(f"bad config key {key!r}: {detail}" if key else f"bad config: {detail}") from None
+    assert dataclasses.is_dataclass(config)
+    return config  # type: ignore[return-value]
