@@ -17,6 +17,7 @@ a tree level by level queries only the newest level with ``q_lens < tree_lens``.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -24,19 +25,35 @@ BITS = 32
 
 
 def ancestor_bits(parents: torch.Tensor) -> torch.Tensor:
-    """Bit-packed ancestor-or-self mask of a batch of trees.
+    """Bit-packed ancestor-or-self mask of a batch of trees (the validated mask builder).
 
     Args:
-        parents: ``[B, T]`` int, BFS order: ``parents[b, i] < i``; ``-1`` marks a root (a child
-            of the prefix). Padding rows may hold any value ``< i``.
+        parents: ``[B, T]`` int, BFS order: ``-1 <= parents[b, i] < i``; ``-1`` marks a root (a
+            child of the prefix). Rows past a tree's size are padding and may hold any valid value.
 
     Returns:
-        ``[B, T, ceil(T / 32)]`` int32 bitmask.
+        ``[B, T, ceil(T / 32)]`` int32 bitmask on ``parents``' device.
+
+    Raises:
+        ValueError: ``parents`` is not a 2-D integer tensor, or a parent index does not point to an
+            earlier node (``parents[b, i] >= i`` or ``< -1``).
     """
+    if parents.dim() != 2 or parents.dtype.is_floating_point or parents.dtype == torch.bool:
+        raise ValueError(
+            f"parents must be a [B, T] integer tensor, got {parents.dtype} {tuple(parents.shape)}"
+        )
     batch, size = parents.shape
-    dense = torch.zeros(batch, size, size, dtype=torch.bool)
-    dense[:, torch.arange(size), torch.arange(size)] = True
-    rows = torch.arange(batch)
+    node = torch.arange(size, device=parents.device)
+    bad = (parents >= node) | (parents < -1)
+    if bool(bad.any()):
+        b, i = (int(x) for x in bad.nonzero()[0])
+        raise ValueError(
+            f"parents[{b}, {i}] = {int(parents[b, i])} does not point to an earlier node "
+            f"(BFS order needs -1 <= parent < {i})"
+        )
+    dense = torch.zeros(batch, size, size, dtype=torch.bool, device=parents.device)
+    dense[:, node, node] = True
+    rows = torch.arange(batch, device=parents.device)
     for i in range(size):  # BFS order: a parent's row is complete before its children read it
         parent = parents[:, i]
         has_parent = parent >= 0
@@ -49,9 +66,10 @@ def pack_bits(dense: torch.Tensor) -> torch.Tensor:
     """``[..., T]`` bool → ``[..., ceil(T / 32)]`` int32, bit ``j % 32`` of word ``j // 32``."""
     size = dense.shape[-1]
     words = max(1, math.ceil(size / BITS))
-    padded = torch.zeros(*dense.shape[:-1], words * BITS, dtype=torch.int64)
+    padded = torch.zeros(*dense.shape[:-1], words * BITS, dtype=torch.int64, device=dense.device)
     padded[..., :size] = dense.to(torch.int64)
-    weights = torch.bitwise_left_shift(torch.ones(BITS, dtype=torch.int64), torch.arange(BITS))
+    shifts = torch.arange(BITS, device=dense.device)
+    weights = torch.bitwise_left_shift(torch.ones(BITS, dtype=torch.int64, device=dense.device), shifts)
     packed = (padded.view(*dense.shape[:-1], words, BITS) * weights).sum(-1)
     # Reinterpret the low 32 bits as signed int32 (bit 31 set → negative value).
     return torch.where(packed >= 2**31, packed - 2**32, packed).to(torch.int32)
@@ -59,7 +77,7 @@ def pack_bits(dense: torch.Tensor) -> torch.Tensor:
 
 def unpack_bits(packed: torch.Tensor, size: int) -> torch.Tensor:
     """Inverse of :func:`pack_bits`: ``[..., W]`` int32 → ``[..., size]`` bool."""
-    shifts = torch.arange(BITS, dtype=torch.int64)
+    shifts = torch.arange(BITS, dtype=torch.int64, device=packed.device)
     words = packed.to(torch.int64) & 0xFFFFFFFF
     bits = (words.unsqueeze(-1) >> shifts) & 1
     return bits.flatten(-2)[..., :size].bool()
@@ -133,6 +151,88 @@ def tree_attention_ref(
     return out.masked_fill(padding[:, None, :, None], 0.0)
 
 
+def check_inputs(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    prefix_lens: torch.Tensor,
+    tree_lens: torch.Tensor,
+    q_lens: torch.Tensor,
+    tree_mask: torch.Tensor,
+) -> None:
+    """Reject malformed tree-attention inputs with a message that names the argument.
+
+    Shapes, dtypes and devices are always checked. The length *values* are checked only when the
+    length tensors live on the host, so a CUDA caller never pays a device sync.
+
+    Raises:
+        TypeError: a dtype other than fp32/fp16/bf16 for q/k/v (or a mix), non-integer lengths,
+            a ``tree_mask`` that is not int32.
+        ValueError: mismatched shapes or devices, ``Hq`` not a multiple of ``Hkv``, or lengths that
+            do not fit (``q_lens > tree_lens``, ``prefix + tree > S``, ``tree_lens > 32 * W``...).
+    """
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.dim() != 4:
+            raise ValueError(f"{name} must be 4-D [B, H, T, D], got shape {tuple(x.shape)}")
+        if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise TypeError(f"{name} must be float32, float16 or bfloat16, got {x.dtype}")
+        if x.device != q.device:
+            raise ValueError(f"{name} is on {x.device} but q is on {q.device}")
+    if not q.dtype == k.dtype == v.dtype:
+        raise TypeError(f"q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    batch, q_heads, q_rows, head_dim = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if k.shape[0] != batch or k.shape[3] != head_dim:
+        raise ValueError(f"k/v shape {tuple(k.shape)} does not match q {tuple(q.shape)} in batch or head dim")
+    kv_heads = k.shape[1]
+    if kv_heads == 0 or q_heads % kv_heads:
+        raise ValueError(f"query heads ({q_heads}) must be a multiple of KV heads ({kv_heads})")
+    for name, x in (("prefix_lens", prefix_lens), ("tree_lens", tree_lens), ("q_lens", q_lens)):
+        if x.dim() != 1 or x.shape[0] != batch:
+            raise ValueError(f"{name} must have shape [{batch}], got {tuple(x.shape)}")
+        if x.dtype.is_floating_point or x.dtype == torch.bool:
+            raise TypeError(f"{name} must be an integer tensor, got {x.dtype}")
+        if x.device.type != "cpu" and x.device != q.device:
+            raise ValueError(f"{name} is on {x.device}; it must be on the host or on q's device {q.device}")
+    if tree_mask.dtype != torch.int32:
+        raise TypeError(f"tree_mask must be int32 (from ancestor_bits), got {tree_mask.dtype}")
+    if tree_mask.dim() != 3 or tree_mask.shape[:2] != (batch, q_rows):
+        raise ValueError(f"tree_mask must have shape [{batch}, {q_rows}, W], got {tuple(tree_mask.shape)}")
+    if tree_mask.device != q.device:
+        raise ValueError(f"tree_mask is on {tree_mask.device} but q is on {q.device}")
+    lens = (prefix_lens, tree_lens, q_lens)
+    if any(x.device.type != "cpu" for x in lens) or batch == 0:
+        return
+    kv_len = prefix_lens + tree_lens
+    checks = (
+        ((prefix_lens < 0) | (q_lens < 0), "prefix_lens and q_lens must be >= 0"),
+        (q_lens > tree_lens, "q_lens must not exceed tree_lens"),
+        (q_lens > q_rows, f"q_lens must not exceed q's rows ({q_rows})"),
+        (
+            tree_lens > BITS * tree_mask.shape[2],
+            f"tree_lens must fit tree_mask's {BITS * tree_mask.shape[2]} bits",
+        ),
+        (kv_len > k.shape[2], f"prefix_lens + tree_lens must fit the cache length S = {k.shape[2]}"),
+    )
+    for bad, message in checks:
+        if bool(bad.any()):
+            b = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"{message} (sequence {b}: prefix {int(prefix_lens[b])}, tree {int(tree_lens[b])}, "
+                f"q {int(q_lens[b])})"
+            )
+
+
+def triton_available() -> bool:
+    """Whether the Triton kernel module can be imported here."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def tree_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -145,11 +245,33 @@ def tree_attention(
     backend: str = "auto",
     dense_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Tree attention through the chosen backend (``auto``: Triton on CUDA, reference elsewhere).
+    """Tree attention through the chosen backend, after :func:`check_inputs`.
+
+    ``backend``: ``"auto"`` runs the Triton kernel when ``q`` is on CUDA and Triton imports, the
+    reference otherwise; ``"triton"`` forces the kernel (on the CPU only under
+    ``TRITON_INTERPRET=1``, which must be set before the kernel module is first imported);
+    ``"reference"`` forces :func:`tree_attention_ref`. ``dense_mask`` is used by the reference only.
 
     Same arguments and result as :func:`tree_attention_ref`.
+
+    Raises:
+        ValueError: an unknown backend, or bad inputs (see :func:`check_inputs`).
+        RuntimeError: ``backend="triton"`` where the kernel cannot run.
     """
     if backend not in ("auto", "reference", "triton"):
         raise ValueError(f"attention backend must be auto, reference or triton, got {backend!r}")
-    # TODO(kernel issue): dispatch to the Triton kernel.
-    return tree_attention_ref(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale, dense_mask)
+    check_inputs(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask)
+    if backend == "auto":
+        backend = "triton" if q.is_cuda and triton_available() else "reference"
+    if backend == "reference":
+        return tree_attention_ref(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale, dense_mask)
+    if not triton_available():
+        raise RuntimeError("backend='triton' needs the triton package; install it or use backend='reference'")
+    if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            f"backend='triton' on {q.device} needs a CUDA tensor, or TRITON_INTERPRET=1 set before the "
+            "kernel is first imported (CPU interpreter, for tests); use backend='reference' on the CPU"
+        )
+    from kernels.tree_attention_triton import tree_attention_triton
+
+    return tree_attention_triton(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale)
