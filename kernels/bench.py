@@ -158,7 +158,7 @@ def bench_sdpa(x: dict, copies: int) -> dict:
 def sweep(peaks: tuple[float, float]) -> list[dict]:
     """Try tile/split overrides on a few shapes (to tune :func:`pick_tiles` / :func:`pick_splits`)."""
     rows = []
-    for batch, prefix, tree in [(1, 16384, 8), (8, 16384, 8), (1, 16384, 64), (32, 4096, 64), (32, 16384, 8)]:
+    for batch, prefix, tree in [(1, 16384, 8), (8, 4096, 64), (8, 16384, 64), (32, 4096, 64), (1, 16384, 64)]:
         rows += _sweep_shape(batch, prefix, tree, peaks)
         torch.cuda.empty_cache()
     return rows
@@ -173,17 +173,18 @@ def _sweep_shape(batch: int, prefix: int, tree: int, peaks: tuple[float, float])
     lens = (x["prefix_lens"], x["tree_lens"], x["q_lens"])
     rows = []
     configs = [
-        (block_n, warps, stages, splits)
+        (block_m, block_n, warps, stages, splits)
+        for block_m in ((None, 64) if tree * Q_HEADS // KV_HEADS > 64 else (None,))
         for block_n in (64, 128)
         for warps in (4, 8)
-        for stages in (2, 3, 4)
-        for splits in ((None, 0.5, 2.0) if batch < 16 else (None,))
+        for stages in (2, 3)
+        for splits in (None, 2.0)
     ]
-    for block_n, warps, stages, splits in configs:
-        kw = dict(block_n=block_n, num_warps=warps, num_stages=stages)
+    for block_m, block_n, warps, stages, splits in configs:
+        kw = dict(block_m=block_m, block_n=block_n, num_warps=warps, num_stages=stages)
         ns = None
         if splits is not None:
-            ns = max(1, int(_auto_splits(x["q"], x["kvs"][0][0], block_n) * splits))
+            ns = max(1, int(_auto_splits(x["q"], x["kvs"][0][0], block_n, block_m) * splits))
 
         def run(kw=kw, ns=ns):
             for k, v in x["kvs"]:
@@ -202,11 +203,11 @@ def _sweep_shape(batch: int, prefix: int, tree: int, peaks: tuple[float, float])
     return rows
 
 
-def _auto_splits(q, k, block_n):
+def _auto_splits(q, k, block_n, block_m=None):
     from kernels.tree_attention_triton import _sm_count, pick_splits, pick_tiles
 
     group = q.shape[1] // k.shape[1]
-    block_m = pick_tiles(q, group, block_n)[0]
+    block_m = pick_tiles(q, group, block_n, block_m)[0]
     m_tiles = math.ceil(group * q.shape[2] / block_m)
     kv_tiles = math.ceil(k.shape[2] / block_n)
     return pick_splits(q.shape[0] * k.shape[1] * m_tiles, kv_tiles, block_n, _sm_count(q.device))

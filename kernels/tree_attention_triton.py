@@ -263,10 +263,18 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def pick_tiles(q: torch.Tensor, group: int, block_n: int | None) -> tuple[int, int, int, int, int]:
-    """Tile shape for the launch: ``(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages)``."""
+def pick_tiles(
+    q: torch.Tensor, group: int, block_n: int | None, block_m: int | None = None
+) -> tuple[int, int, int, int, int]:
+    """Tile shape for the launch: ``(BLOCK_M, BLOCK_N, BLOCK_D, num_warps, num_stages)``.
+
+    ``BLOCK_M`` covers the whole ``group × Tq`` rows of a KV head up to 128, so the prefix is
+    read once per KV head; 4 warps, BLOCK_N 64 and 3 stages measured best for the
+    bandwidth-bound small tiles, 8 warps for 128-row tiles (H100, bf16, d=128).
+    """
     rows = group * q.shape[2]
-    block_m = min(128, max(16, triton.next_power_of_2(rows)))
+    if block_m is None:
+        block_m = min(128, max(16, triton.next_power_of_2(rows)))
     block_d = max(16, triton.next_power_of_2(q.shape[3]))
     if block_n is None:
         block_n = 64 if block_d <= 128 else 32
@@ -280,13 +288,12 @@ def pick_tiles(q: torch.Tensor, group: int, block_n: int | None) -> tuple[int, i
 def pick_splits(programs: int, kv_tiles: int, block_n: int, sm_count: int) -> int:
     """How many chunks to cut the KV range into so the launch fills the device.
 
-    Each chunk keeps at least 512 keys, so the partial outputs written per chunk stay small
-    next to the KV bytes the chunk reads.
+    Fills at most one wave (``programs × splits <= SMs``): on an H100, a second partial wave and
+    the extra partial outputs cost more than they gain (measured: batch 8, prefix 16384, tree 8
+    ran 245 µs with 5 splits, 194 µs with 2). Each chunk keeps at least 256 keys.
     """
-    if programs >= sm_count or kv_tiles <= 1:
-        return 1
-    min_tiles = max(1, 512 // block_n)
-    return max(1, min(math.ceil(2 * sm_count / programs), kv_tiles // min_tiles))
+    min_tiles = max(1, 256 // block_n)
+    return max(1, min(sm_count // max(programs, 1), kv_tiles // min_tiles))
 
 
 def tree_attention_triton(
@@ -300,6 +307,7 @@ def tree_attention_triton(
     scale: float | None = None,
     *,
     num_splits: int | None = None,
+    block_m: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
@@ -334,7 +342,7 @@ def tree_attention_triton(
     if out.numel() == 0:
         return out
 
-    block_m, block_n, block_d, warps, stages = pick_tiles(q, group, block_n)
+    block_m, block_n, block_d, warps, stages = pick_tiles(q, group, block_n, block_m)
     warps = num_warps or warps
     stages = num_stages or stages
     m_tiles = triton.cdiv(group * q_rows, block_m)
