@@ -1,0 +1,54 @@
+"""Drafters, built by name: ``ngram``, ``model:PATH``, ``early-exit[:LAYERS]`` or ``none``."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from actors.drafters.base import Drafter
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
+    from actors.engine import EngineConfig
+
+KINDS = ("ngram", "model", "early-exit", "none")
+DEFAULT_EARLY_EXIT_LAYERS = 4
+
+
+def parse_drafter(spec: str) -> tuple[str, str]:
+    """``"model:/path"`` → ``("model", "/path")``; raises ValueError on an unknown kind."""
+    kind, _, arg = spec.partition(":")
+    if kind not in KINDS:
+        raise ValueError(f"unknown drafter {spec!r}; choose one of: ngram, model:PATH, early-exit[:LAYERS], none")
+    if kind == "model" and not arg:
+        raise ValueError("drafter 'model' needs a path: model:PATH")
+    if kind == "early-exit" and arg and not arg.isdigit():
+        raise ValueError(f"early-exit layers must be an integer, got {arg!r}")
+    return kind, arg
+
+
+def build_drafter(config: EngineConfig, verifier: PreTrainedModel, device: torch.device) -> Drafter | None:
+    """The drafter ``config.drafter`` names, placed on ``device`` (None for ``none``)."""
+    from actors.drafters.model import ModelDrafter
+    from actors.drafters.ngram import NgramDrafter
+    from actors.models import load_model
+    from actors.tree_model import truncated_view
+
+    kind, arg = parse_drafter(config.drafter)
+    slots, length = config.max_batch_size, config.max_model_len
+    if kind == "none":
+        return None
+    if kind == "ngram":
+        return NgramDrafter()
+    if kind == "early-exit":
+        view = truncated_view(verifier, int(arg or DEFAULT_EARLY_EXIT_LAYERS))
+        return ModelDrafter(view, slots, length, attention=config.attention)
+    draft = load_model(arg, config.dtype).model.to(device)
+    if draft.config.vocab_size != verifier.config.vocab_size:
+        raise ValueError(
+            f"drafter {arg} has vocab_size {draft.config.vocab_size}, the verifier "
+            f"{verifier.config.vocab_size}: a drafter must share the verifier's tokenizer"
+        )
+    return ModelDrafter(draft, slots, length, attention=config.attention, assistant_model=draft)

@@ -1,0 +1,172 @@
+"""Model drafter: a small causal LM (or the verifier's first layers) drafts trees by top-k
+expansion, one forward per tree level, with its own KV cache.
+
+The tree grows best-first by path probability (EAGLE-2 style): each level expands the most
+likely frontier nodes into their top-k children, and nodes below the confidence threshold
+are never drafted (SpecDec++-style stopping).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from transformers import PreTrainedModel
+
+from actors.drafters.base import Drafter
+from actors.messages import DraftBudget, DraftTree, Verdict
+from actors.tree_model import SlotTable, TreeInput, TreeModel
+
+
+@dataclass
+class _DraftSequence:
+    slot: int
+    kv_len: int
+    pending: list[int]  # committed tokens not yet in the drafter's cache
+
+
+@dataclass
+class _Tree:
+    """A tree under construction (nodes appended level by level, hence BFS order)."""
+
+    tokens: list[int] = field(default_factory=list)
+    parents: list[int] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)  # path probabilities
+    depths: list[int] = field(default_factory=list)
+
+
+class ModelDrafter(Drafter):
+    """Drafts with ``model`` (sharing the verifier's tokenizer).
+
+    Args:
+        model: the draft causal LM, on its device.
+        max_batch_size: sequences held at once.
+        max_model_len: cache positions per sequence.
+        branching: children considered per expanded node (top-k).
+        threshold: smallest path probability worth drafting.
+        attention: tree attention backend.
+        assistant_model: the model to hand Hugging Face as ``assistant_model`` in benchmarks
+            (``model`` itself for a standalone drafter; None for a view of the verifier).
+    """
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        max_batch_size: int,
+        max_model_len: int,
+        branching: int = 4,
+        threshold: float = 0.05,
+        attention: str = "auto",
+        assistant_model: PreTrainedModel | None = None,
+    ):
+        self.runner = TreeModel(model, max_batch_size, max_model_len, attention)
+        self.slots = SlotTable(max_batch_size)
+        self.branching = branching
+        self.threshold = threshold
+        self.assistant_model = assistant_model
+        self.sequences: dict[int, _DraftSequence] = {}
+
+    def add(self, seq_id: int, prompt_ids: list[int]) -> None:
+        self.sequences[seq_id] = _DraftSequence(self.slots.claim(seq_id), 0, list(prompt_ids))
+
+    def release(self, seq_id: int) -> None:
+        seq = self.sequences.pop(seq_id)
+        moved_id = self.slots.release(seq.slot)
+        if moved_id is not None:
+            moved = self.sequences[moved_id]
+            self.runner.move_slot(moved.slot, seq.slot, moved.kv_len)
+            moved.slot = seq.slot
+
+    def commit(self, verdicts: list[Verdict]) -> None:
+        for verdict in verdicts:
+            self.sequences[verdict.seq_id].pending += verdict.tokens
+
+    @torch.inference_mode()
+    def propose(self, seq_ids: list[int], budgets: list[DraftBudget]) -> list[DraftTree]:
+        roots = self._catch_up(seq_ids)
+        trees = {seq_id: _Tree() for seq_id in seq_ids}
+        limits = dict(zip(seq_ids, budgets))
+        # candidates[seq_id] = [(score, token, parent)] for the next level
+        candidates = {s: self._children(roots[s], -1, 1.0) for s in seq_ids}
+        for depth in range(1, max(b.max_depth for b in budgets) + 1):
+            level = {s: self._select(trees[s], candidates[s], limits[s], depth) for s in seq_ids}
+            grow = {s: nodes for s, nodes in level.items() if nodes and self._has_room(trees[s], limits[s], depth)}
+            if not grow:
+                break
+            probs = self._expand(grow, trees)
+            candidates = {s: [] for s in seq_ids}
+            for s, nodes in grow.items():
+                for node, row in zip(nodes, probs[s]):
+                    candidates[s] += self._children(row, node, trees[s].scores[node])
+        return [self._as_draft(s, trees[s]) for s in seq_ids]
+
+    def _catch_up(self, seq_ids: list[int]) -> dict[int, torch.Tensor]:
+        """Feed each sequence's pending tokens; return its next-token distribution ``[V]``."""
+        inputs = []
+        for seq_id in seq_ids:
+            seq = self.sequences[seq_id]
+            m = len(seq.pending)
+            ancestors = torch.ones(m, m, dtype=torch.bool).tril()
+            positions = list(range(seq.kv_len, seq.kv_len + m))
+            inputs.append(TreeInput(seq.slot, seq.kv_len, m, seq.pending, positions, ancestors))
+        hidden = self.runner.forward(inputs)
+        last = torch.stack([hidden[item.slot, len(item.tokens) - 1] for item in inputs])
+        probs = self.runner.logits(last).softmax(dim=-1).cpu()
+        for seq_id in seq_ids:
+            seq = self.sequences[seq_id]
+            seq.kv_len += len(seq.pending)
+            seq.pending = []
+        return dict(zip(seq_ids, probs))
+
+    def _children(self, probs: torch.Tensor, parent: int, score: float) -> list[tuple[float, int, int]]:
+        top = torch.topk(probs, self.branching)
+        return [(score * p, t, parent) for p, t in zip(top.values.tolist(), top.indices.tolist())]
+
+    def _select(self, tree: _Tree, candidates, budget: DraftBudget, depth: int) -> list[int]:
+        """Add this level's best candidates to the tree; return their node indices."""
+        if depth > budget.max_depth:
+            return []
+        room = budget.max_nodes - len(tree.tokens)
+        chosen = sorted((c for c in candidates if c[0] >= self.threshold), reverse=True)[: max(room, 0)]
+        chosen.sort(key=lambda c: c[2])  # group by parent; keeps parents[i] < i
+        nodes = []
+        for score, token, parent in chosen:
+            nodes.append(len(tree.tokens))
+            tree.tokens.append(token)
+            tree.parents.append(parent)
+            tree.scores.append(score)
+            tree.depths.append(depth)
+        return nodes
+
+    @staticmethod
+    def _has_room(tree: _Tree, budget: DraftBudget, depth: int) -> bool:
+        return depth < budget.max_depth and len(tree.tokens) < budget.max_nodes
+
+    def _expand(self, grow: dict[int, list[int]], trees: dict[int, _Tree]) -> dict[int, torch.Tensor]:
+        """One forward over this level's new nodes; their next-token distributions."""
+        inputs = []
+        for seq_id, nodes in grow.items():
+            seq, tree = self.sequences[seq_id], trees[seq_id]
+            size = len(tree.tokens)
+            ancestors = torch.zeros(len(nodes), size, dtype=torch.bool)
+            for row, node in enumerate(nodes):
+                while node >= 0:
+                    ancestors[row, node] = True
+                    node = tree.parents[node]
+            tokens = [tree.tokens[n] for n in nodes]
+            positions = [seq.kv_len + tree.depths[n] - 1 for n in nodes]
+            inputs.append(TreeInput(seq.slot, seq.kv_len, size, tokens, positions, ancestors))
+        hidden = self.runner.forward(inputs)
+        out = {}
+        for (seq_id, nodes), item in zip(grow.items(), inputs):
+            out[seq_id] = self.runner.logits(hidden[item.slot, : len(nodes)]).softmax(dim=-1).cpu()
+        return out
+
+    @staticmethod
+    def _as_draft(seq_id: int, tree: _Tree) -> DraftTree:
+        return DraftTree(
+            seq_id,
+            torch.tensor(tree.tokens, dtype=torch.long),
+            torch.tensor(tree.parents, dtype=torch.long),
+            torch.tensor(tree.scores, dtype=torch.float32),
+        )

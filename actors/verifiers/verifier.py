@@ -1,0 +1,167 @@
+"""The verifier: checks a batch of draft trees in one forward pass of the target model.
+
+Each step feeds, per sequence, its *pending* tokens (committed but not yet in the KV cache: the
+whole prompt on the first step, then the one token the verifier chose last step) followed by its
+draft tree. After acceptance the KV of the pending tokens and of the accepted path is kept by
+compaction; the rejected nodes' entries are simply overwritten later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import PreTrainedModel
+
+from actors.messages import DraftTree, SamplingParams, Verdict
+from actors.tree_model import SlotTable, TreeInput, TreeModel
+from actors.verifiers.acceptance import accept_greedy, accept_sampling, target_probs
+
+
+@dataclass
+class _Sequence:
+    slot: int
+    kv_len: int  # tokens whose KV is cached
+    pending: list[int]  # committed tokens not yet cached (never empty)
+    params: SamplingParams
+    generator: torch.Generator | None
+
+
+def step_ancestors(num_pending: int, parents: list[int]) -> tuple[torch.Tensor, list[int]]:
+    """Ancestor-or-self mask ``[N, N]`` and depths (from 0) of a step's input: a chain of
+    ``num_pending`` tokens, then tree nodes whose ``-1`` parent is the chain's last token."""
+    size = num_pending + len(parents)
+    mask = torch.zeros(size, size, dtype=torch.bool)
+    mask[:num_pending, :num_pending] = torch.ones(num_pending, num_pending, dtype=torch.bool).tril()
+    depths = list(range(num_pending))
+    for node, parent in enumerate(parents):
+        row = num_pending + node
+        above = num_pending - 1 if parent < 0 else num_pending + parent
+        mask[row] = mask[above]
+        mask[row, row] = True
+        depths.append(depths[above] + 1)
+    return mask, depths
+
+
+class Verifier:
+    """Holds the target model and the KV cache of up to ``max_batch_size`` sequences.
+
+    Args:
+        model: the target causal LM (eval mode, on its device).
+        max_batch_size: sequences held at once.
+        max_model_len: cache positions per sequence; a prompt plus its generation plus one draft
+            tree must fit.
+        attention: tree attention backend (``auto``, ``triton`` or ``reference``).
+    """
+
+    def __init__(self, model: PreTrainedModel, max_batch_size: int, max_model_len: int, attention="auto"):
+        self.runner = TreeModel(model, max_batch_size, max_model_len, attention)
+        self.max_model_len = max_model_len
+        self.sequences: dict[int, _Sequence] = {}
+        self.slots = SlotTable(max_batch_size)
+
+    @property
+    def model(self) -> PreTrainedModel:
+        return self.runner.model
+
+    @property
+    def free_slots(self) -> int:
+        return self.slots.free
+
+    def add(self, seq_id: int, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Admit a sequence; its prompt is prefilled by the first ``verify`` that includes it."""
+        if not prompt_ids:
+            raise ValueError("prompt is empty")
+        if seq_id in self.sequences:
+            raise ValueError(f"sequence {seq_id} is already running")
+        generator = None
+        if not params.greedy:
+            generator = torch.Generator()
+            generator.manual_seed(params.seed if params.seed is not None else int(torch.seed() % 2**63))
+        slot = self.slots.claim(seq_id)
+        self.sequences[seq_id] = _Sequence(slot, 0, list(prompt_ids), params, generator)
+
+    def release(self, seq_id: int) -> None:
+        """Free a sequence's slot at once; the last live slot moves into the hole."""
+        seq = self.sequences.pop(seq_id)
+        moved_id = self.slots.release(seq.slot)
+        if moved_id is not None:
+            moved = self.sequences[moved_id]
+            self.runner.move_slot(moved.slot, seq.slot, moved.kv_len)
+            moved.slot = seq.slot
+
+    def context_len(self, seq_id: int) -> int:
+        """Committed tokens of a sequence (cached + pending)."""
+        seq = self.sequences[seq_id]
+        return seq.kv_len + len(seq.pending)
+
+    @torch.inference_mode()
+    def verify(self, trees: list[DraftTree], topk: int = 0) -> list[Verdict]:
+        """Verify one tree per sequence (an empty tree = plain decoding) in one forward pass.
+
+        Args:
+            trees: proposals, one per running sequence included in this step.
+            topk: when > 0, each verdict carries the verifier's top-k next tokens after every
+                step input from the last pending token on (token recycling).
+        """
+        inputs, rows = [], []
+        for tree in trees:
+            seq = self.sequences[tree.seq_id]
+            parents = tree.parents.tolist()
+            ancestors, depths = step_ancestors(len(seq.pending), parents)
+            size = len(seq.pending) + len(parents)
+            if seq.kv_len + size > self.max_model_len:
+                raise ValueError(f"sequence {tree.seq_id} would exceed max_model_len={self.max_model_len}")
+            tokens = seq.pending + tree.tokens.tolist()
+            positions = [seq.kv_len + d for d in depths]
+            inputs.append(TreeInput(seq.slot, seq.kv_len, size, tokens, positions, ancestors))
+            rows.append((seq.slot, len(seq.pending) - 1, size))
+        hidden = self.runner.forward(inputs)
+        # Only the last pending token and the tree nodes need logits: [sum(T + 1), V].
+        picked = torch.cat([hidden[slot, first:end] for slot, first, end in rows])
+        logits = self.runner.logits(picked).cpu()
+        verdicts, offset = [], 0
+        for tree, item in zip(trees, inputs):
+            tree_logits = logits[offset : offset + len(tree) + 1]
+            offset += len(tree) + 1
+            verdicts.append(self._decide(tree, item, tree_logits, topk))
+        self._compact(trees, verdicts)
+        return verdicts
+
+    def _decide(self, tree: DraftTree, item: TreeInput, logits: torch.Tensor, topk: int) -> Verdict:
+        seq = self.sequences[tree.seq_id]
+        if seq.params.greedy:
+            accepted, token = accept_greedy(tree, logits)
+        else:
+            accepted, token = accept_sampling(tree, target_probs(logits, seq.params), seq.generator)
+        context_tokens = context_topk = context_probs = None
+        if topk:
+            top = torch.topk(logits.softmax(dim=-1), topk, dim=-1)
+            context_tokens = torch.tensor(item.tokens[len(seq.pending) - 1 :])
+            context_topk, context_probs = top.indices, top.values
+        drafted = tree.tokens.tolist()
+        return Verdict(
+            seq_id=tree.seq_id,
+            tokens=[drafted[node] for node in accepted] + [token],
+            accepted_nodes=accepted,
+            num_drafted=len(tree),
+            context_tokens=context_tokens,
+            context_topk=context_topk,
+            context_topk_probs=context_probs,
+        )
+
+    def _compact(self, trees: list[DraftTree], verdicts: list[Verdict]) -> None:
+        """Keep the accepted path's KV right after the pending tokens; advance the sequences."""
+        moves: tuple[list[int], list[int], list[int], list[int]] = ([], [], [], [])
+        for tree, verdict in zip(trees, verdicts):
+            seq = self.sequences[tree.seq_id]
+            base = seq.kv_len + len(seq.pending)
+            for rank, node in enumerate(verdict.accepted_nodes):
+                if node != rank:  # already in place when the path is the tree's first nodes
+                    moves[0].append(seq.slot)
+                    moves[1].append(base + node)
+                    moves[2].append(seq.slot)
+                    moves[3].append(base + rank)
+            seq.kv_len = base + verdict.num_accepted
+            seq.pending = [verdict.tokens[-1]]
+        self.runner.move(*moves)
