@@ -1,0 +1,293 @@
+"""Training-free drafting: prompt lookup plus token recycling, merged into one draft tree per step.
+
+Prompt lookup proposes what followed earlier occurrences of the history's last n tokens; token
+recycling (Luo et al. 2024, "Turning Trash into Treasure") proposes each token's most likely
+successors as the verifier last saw them (its top-k, which every Verdict carries). Both feed one
+best-first search over path confidence, whose per-source calibration is learned from verdicts.
+"""
+
+from __future__ import annotations
+
+import heapq
+from itertools import islice
+
+import torch
+
+from actors.drafters.base import Drafter
+from actors.messages import DraftBudget, DraftTree, Verdict
+
+#: no edge is ever called certain: keeps path confidences strictly decreasing along a path.
+_MAX_EDGE_CONFIDENCE = 0.99
+
+# Candidate children while a tree is built: token -> [confidence, credits, pointers, n], where
+# credits are the (edge kind, raw score) pairs the node is judged by, pointers the history
+# positions holding this token on the lookup continuations it follows (None: recycled only),
+# and n the match length of those continuations.
+_Children = dict[int, list]
+
+
+class _Sequence:
+    """One sequence's committed history, its n-gram index and the tree last proposed for it."""
+
+    __slots__ = ("history", "index", "last_tree")
+
+    def __init__(self) -> None:
+        self.history: list[int] = []
+        #: n-gram (a tuple, 1 <= n <= max_ngram) -> positions of its last token, oldest first.
+        self.index: dict[tuple[int, ...], list[int]] = {}
+        #: (parents, credits) of the last nonempty tree proposed, for learning acceptance.
+        self.last_tree: tuple[list[int], list[tuple]] | None = None
+
+    def extend(self, tokens: list[int], max_ngram: int) -> None:
+        """Append committed tokens and index every n-gram they end."""
+        history, index = self.history, self.index
+        for token in tokens:
+            history.append(token)
+            end = len(history) - 1
+            for n in range(1, min(max_ngram, end + 1) + 1):
+                index.setdefault(tuple(history[end - n + 1 :]), []).append(end)
+
+
+class NgramDrafter(Drafter):
+    """Drafts token trees from prompt lookup and a recycled adjacency table; needs no model.
+
+    Edge confidence = raw score x a calibration factor per edge kind. Raw scores: for lookup
+    edges, the share of matched continuations that agree on the token; for recycled edges, the
+    verifier's stored probability. Kinds: lookup first edge by match length n, lookup follow-on
+    edge by n, recycled edge. Each factor is the decayed ratio of accepted drafts to the raw
+    score mass drafted, so over- or under-confident sources correct themselves. A node's
+    ``draft_probs`` entry is the product of edge confidences from the root (its path confidence).
+
+    Args:
+        max_ngram: longest suffix n-gram looked up (n runs from it down to 1).
+        topk: successors kept per token in the recycling table; also ``wants_topk``.
+        threshold: nodes whose path confidence falls below it are not drafted (SpecDec++-style
+            stopping); 0 fills the budget whenever candidates exist.
+        max_matches: most recent occurrences used per n-gram length (bounds lookup cost).
+        lookup_prior: initial confidence of a lookup edge whose continuations all agree.
+        recycle_prior: initial factor applied to the verifier's recycled probabilities.
+        decay: per-trial forgetting of the acceptance statistics (window ~ 1 / (1 - decay)).
+    """
+
+    wants_topk: int = 8
+
+    def __init__(
+        self,
+        max_ngram: int = 4,
+        topk: int = 8,
+        threshold: float = 0.02,
+        max_matches: int = 8,
+        lookup_prior: float = 0.6,
+        recycle_prior: float = 0.6,
+        decay: float = 0.995,
+    ) -> None:
+        if max_ngram < 1 or topk < 0 or max_matches < 1:
+            raise ValueError(
+                f"need max_ngram >= 1, topk >= 0, max_matches >= 1; got {max_ngram}, {topk}, {max_matches}"
+            )
+        if not 0 <= threshold < 1 or not 0 < decay <= 1:
+            raise ValueError(f"need 0 <= threshold < 1 and 0 < decay <= 1; got {threshold}, {decay}")
+        self.max_ngram, self.threshold = max_ngram, threshold
+        self.max_matches, self.decay = max_matches, decay
+        self.wants_topk = topk
+        self._sequences: dict[int, _Sequence] = {}
+        #: token -> (its verifier top-k successors, their probabilities); shared: one model.
+        self._adjacency: dict[int, tuple[list[int], list[float]]] = {}
+        # edge kinds: [0, n) lookup first edge for match length n=k+1, [n, 2n) follow-on, 2n recycled.
+        self._recycle_kind = 2 * max_ngram
+        priors = [lookup_prior] * max_ngram + [min(1.0, lookup_prior + 0.15)] * max_ngram + [recycle_prior]
+        self._prior_mass = 4.0
+        self._prior_hits = [self._prior_mass * p for p in priors]
+        self._hits = [0.0] * len(priors)
+        self._mass = [0.0] * len(priors)
+        self._factor = list(priors)
+
+    # -- the Drafter contract -------------------------------------------------------------
+
+    def add(self, seq_id: int, prompt_ids: list[int]) -> None:
+        sequence = _Sequence()
+        sequence.extend(list(prompt_ids), self.max_ngram)
+        self._sequences[seq_id] = sequence
+
+    def release(self, seq_id: int) -> None:
+        self._sequences.pop(seq_id, None)
+
+    def commit(self, verdicts: list[Verdict]) -> None:
+        for verdict in verdicts:
+            sequence = self._sequence(verdict.seq_id)
+            self._learn_acceptance(sequence, verdict)
+            self._learn_adjacency(verdict)
+            sequence.extend(verdict.tokens, self.max_ngram)
+
+    def propose(self, seq_ids: list[int], budgets: list[DraftBudget]) -> list[DraftTree]:
+        if len(seq_ids) != len(budgets):
+            raise ValueError(f"{len(seq_ids)} sequences but {len(budgets)} budgets")
+        return [self._propose_one(seq_id, budget) for seq_id, budget in zip(seq_ids, budgets, strict=True)]
+
+    # -- building a tree --------------------------------------------------------------------
+
+    def _sequence(self, seq_id: int) -> _Sequence:
+        try:
+            return self._sequences[seq_id]
+        except KeyError:
+            raise KeyError(f"sequence {seq_id} was never added (or was released)") from None
+
+    def _propose_one(self, seq_id: int, budget: DraftBudget) -> DraftTree:
+        sequence = self._sequence(seq_id)
+        sequence.last_tree = None
+        if budget.max_nodes <= 0 or budget.max_depth <= 0 or not sequence.history:
+            return DraftTree.empty(seq_id)
+        tokens, parents, depths, confidences, credits = [], [], [], [], []
+        heap: list[tuple] = []
+        self._push(heap, self._root_children(sequence), -1, 1.0, 1)
+        while heap and len(tokens) < budget.max_nodes:
+            neg_conf, _, parent, token, depth, kind_n, pointers, credit = heapq.heappop(heap)
+            node = len(tokens)
+            tokens.append(token)
+            parents.append(parent)
+            depths.append(depth)
+            confidences.append(-neg_conf)
+            credits.append(credit)
+            if depth < budget.max_depth:
+                children = self._children(sequence.history, token, pointers, kind_n)
+                self._push(heap, children, node, -neg_conf, depth + 1)
+        if not tokens:
+            return DraftTree.empty(seq_id)
+        return self._to_bfs_tree(sequence, seq_id, tokens, parents, depths, confidences, credits)
+
+    def _push(
+        self, heap: list[tuple], children: _Children, parent: int, path_conf: float, depth: int
+    ) -> None:
+        """Queue ``children`` of tree node ``parent`` (-1: the last committed token) by path confidence."""
+        for token, (conf, credit, pointers, kind_n) in children.items():
+            child_conf = path_conf * conf
+            if child_conf >= self.threshold and child_conf > 0:
+                # len(heap) + the parent breaks ties deterministically without comparing lists
+                entry = (
+                    -child_conf,
+                    (parent, len(heap), token),
+                    parent,
+                    token,
+                    depth,
+                    kind_n,
+                    pointers,
+                    credit,
+                )
+                heapq.heappush(heap, entry)
+
+    def _root_children(self, sequence: _Sequence) -> _Children:
+        """Children of the last committed token: lookup by its suffix n-grams, longest first."""
+        history, children = sequence.history, {}
+        for n in range(min(self.max_ngram, len(history)), 0, -1):
+            ends = sequence.index.get(tuple(history[-n:]), ())
+            # the newest end is the suffix itself, which has no continuation yet
+            pointers = list(islice((e for e in reversed(ends) if e + 1 < len(history)), self.max_matches))
+            for token, child in self._lookup_children(history, pointers, n - 1, n).items():
+                children.setdefault(token, child)  # a longer match wins
+        self._add_recycled(children, history[-1])
+        return children
+
+    def _children(self, history: list[int], token: int, pointers: list[int] | None, n: int) -> _Children:
+        """Children of a drafted node: its lookup continuations, then its recycled successors."""
+        children = self._lookup_children(history, pointers, self.max_ngram + n - 1, n) if pointers else {}
+        self._add_recycled(children, token)
+        return children
+
+    def _lookup_children(self, history: list[int], pointers: list[int], kind: int, n: int) -> _Children:
+        """Group the continuations at ``pointers`` by next token; score = share agreeing."""
+        groups: dict[int, list[int]] = {}
+        for position in pointers:
+            if position + 1 < len(history):
+                groups.setdefault(history[position + 1], []).append(position + 1)
+        factor, children = self._factor[kind], {}
+        for token, positions in groups.items():
+            share = len(positions) / len(pointers)
+            conf = min(_MAX_EDGE_CONFIDENCE, share * factor)
+            children[token] = [conf, ((kind, share),), positions, n]
+        return children
+
+    def _add_recycled(self, children: _Children, token: int) -> None:
+        """Merge the recycled successors of ``token``; agreeing sources combine as a noisy-or."""
+        successors = self._adjacency.get(token)
+        if successors is None:
+            return
+        kind, factor = self._recycle_kind, self._factor[self._recycle_kind]
+        for successor, prob in zip(*successors, strict=True):
+            conf = min(_MAX_EDGE_CONFIDENCE, prob * factor)
+            child = children.get(successor)
+            if child is None:
+                children[successor] = [conf, ((kind, prob),), None, 0]
+            else:
+                child[0] = min(_MAX_EDGE_CONFIDENCE, 1 - (1 - child[0]) * (1 - conf))
+                child[1] = child[1] + ((kind, prob),)
+
+    @staticmethod
+    def _to_bfs_tree(
+        sequence: _Sequence,
+        seq_id: int,
+        tokens: list[int],
+        parents: list[int],
+        depths: list[int],
+        confidences: list[float],
+        credits: list[tuple],
+    ) -> DraftTree:
+        """Reorder best-first nodes into BFS order (stable by depth); parents keep ``< i``."""
+        order = sorted(range(len(tokens)), key=depths.__getitem__)
+        new_index = {old: new for new, old in enumerate(order)}
+        bfs_parents = [new_index[parents[i]] if parents[i] >= 0 else -1 for i in order]
+        sequence.last_tree = (bfs_parents, [credits[i] for i in order])
+        return DraftTree(
+            seq_id,
+            torch.tensor([tokens[i] for i in order], dtype=torch.long),
+            torch.tensor(bfs_parents, dtype=torch.long),
+            torch.tensor([confidences[i] for i in order], dtype=torch.float32),
+        )
+
+    # -- learning from verdicts -----------------------------------------------------------
+
+    def _learn_acceptance(self, sequence: _Sequence, verdict: Verdict) -> None:
+        """Credit each drafted node whose parent was accepted: a trial of its edge kinds."""
+        last_tree, sequence.last_tree = sequence.last_tree, None
+        if last_tree is None or len(last_tree[0]) != verdict.num_drafted:
+            return  # not the tree we proposed (or none): nothing to learn from
+        parents, credits = last_tree
+        accepted = set(verdict.accepted_nodes)
+        for node, parent in enumerate(parents):
+            if parent < 0 or parent in accepted:
+                hit = node in accepted
+                for kind, score in credits[node]:
+                    self._update_factor(kind, score, hit)
+
+    def _update_factor(self, kind: int, score: float, hit: bool) -> None:
+        self._hits[kind] = self._hits[kind] * self.decay + hit
+        self._mass[kind] = self._mass[kind] * self.decay + score
+        self._factor[kind] = (self._hits[kind] + self._prior_hits[kind]) / (
+            self._mass[kind] + self._prior_mass
+        )
+
+    def _learn_adjacency(self, verdict: Verdict) -> None:
+        """Overwrite each step input's successors with the verifier's newest top-k."""
+        if (
+            not self.wants_topk
+            or verdict.context_tokens is None
+            or verdict.context_topk is None
+            or verdict.context_topk_probs is None
+        ):
+            return
+        inputs = verdict.context_tokens.tolist()
+        topk = verdict.context_topk[:, : self.wants_topk].tolist()
+        probs = verdict.context_topk_probs[:, : self.wants_topk].float().tolist()
+        for row in self._rows_accepted_last(verdict, len(inputs)):
+            self._adjacency[inputs[row]] = (topk[row], probs[row])
+
+    @staticmethod
+    def _rows_accepted_last(verdict: Verdict, num_rows: int) -> list[int]:
+        """Row order for overwriting: rows on the accepted path last, so their context wins.
+
+        When the rows are [last committed token, tree nodes...] (``num_drafted + 1`` rows),
+        row 0 and the accepted nodes' rows form the accepted path; otherwise keep input order.
+        """
+        if num_rows != verdict.num_drafted + 1 or not verdict.accepted_nodes:
+            return list(range(num_rows))
+        on_path = {0} | {node + 1 for node in verdict.accepted_nodes}
+        return [r for r in range(num_rows) if r not in on_path] + sorted(on_path)
