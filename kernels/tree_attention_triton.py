@@ -216,44 +216,47 @@ def _combine_splits(
     num_heads,
     q_rows,
     num_splits,
+    total_rows,
     HEAD_DIM: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    ROWS: tl.constexpr,
 ):
-    """Merge the split partial outputs of one query row (one program per row of one head)."""
-    pid = tl.program_id(0)
-    t = pid % q_rows
-    head = (pid // q_rows) % num_heads
-    b = pid // (q_rows * num_heads)
-    q_len = tl.load(QLens + b)
+    """Merge the split partial outputs of ``ROWS`` consecutive (sequence, head, query) rows."""
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     s_ok = offs_s < num_splits
     d_ok = offs_d < HEAD_DIM
-    lse = tl.load(
-        PartialLse + b * stride_lb + head * stride_lh + t * stride_lt + offs_s, mask=s_ok, other=float("-inf")
-    )
-    lse_max = tl.max(lse, 0)
-    lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
-    weight = tl.math.exp2(lse - lse_max)
-    parts = tl.load(
-        PartialO
-        + b * stride_pb
-        + head * stride_ph
-        + t * stride_pt
-        + offs_s[:, None] * stride_ps
-        + offs_d[None, :],
-        mask=s_ok[:, None] & d_ok[None, :],
-        other=0.0,
-    )
-    total = tl.sum(weight, 0)
-    out = tl.sum(parts * weight[:, None], 0) / tl.where(total > 0.0, total, 1.0)
-    out = tl.where((t < q_len) & (total > 0.0), out, 0.0)
-    tl.store(
-        Out + b * stride_ob + head * stride_oh + t * stride_ot + offs_d,
-        out.to(Out.dtype.element_ty),
-        mask=d_ok,
-    )
+    for i in tl.static_range(ROWS):
+        # The last program may run past the end: it recomputes (and rewrites) the last row.
+        row = tl.minimum(tl.program_id(0) * ROWS + i, total_rows - 1)
+        t = row % q_rows
+        head = (row // q_rows) % num_heads
+        b = row // (q_rows * num_heads)
+        q_len = tl.load(QLens + b)
+        lse = tl.load(
+            PartialLse + b * stride_lb + head * stride_lh + t * stride_lt + offs_s,
+            mask=s_ok,
+            other=float("-inf"),
+        )
+        lse_max = tl.max(lse, 0)
+        lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
+        weight = tl.math.exp2(lse - lse_max)
+        parts = tl.load(
+            PartialO
+            + b * stride_pb
+            + head * stride_ph
+            + t * stride_pt
+            + offs_s[:, None] * stride_ps
+            + offs_d[None, :],
+            mask=s_ok[:, None] & d_ok[None, :],
+            other=0.0,
+        )
+        total = tl.sum(weight, 0)
+        out = tl.sum(parts * weight[:, None], 0) / tl.where(total > 0.0, total, 1.0)
+        out = tl.where((t < q_len) & (total > 0.0), out, 0.0)
+        o_ptrs = Out + b * stride_ob + head * stride_oh + t * stride_ot + offs_d
+        tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=d_ok)
 
 
 @functools.lru_cache(maxsize=8)
@@ -378,13 +381,15 @@ def tree_attention_triton(
         SPLIT=split, PRECISION=precision, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     if split:
-        _combine_splits[(batch * q_heads * q_rows,)](
+        total_rows = batch * q_heads * q_rows
+        rows_per_program = 8  # amortise the launch: one program per row was ~7 µs at 8192 rows
+        _combine_splits[(triton.cdiv(total_rows, rows_per_program),)](
             out, partial_o, partial_lse, q_lens,
             out.stride(0), out.stride(1), out.stride(2),
             *partial_o.stride()[:4],
             *partial_lse.stride()[:3],
-            q_heads, q_rows, num_splits,
+            q_heads, q_rows, num_splits, total_rows,
             HEAD_DIM=head_dim, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=block_d,
-            num_warps=4 if block_d >= 128 else 2,
+            ROWS=rows_per_program, num_warps=4 if block_d >= 128 else 2,
         )  # fmt: skip
     return out
