@@ -49,8 +49,8 @@ def make_tiny_model(seed: int = 0, layers: int = 2, vocab: int = 64, spread: flo
         num_key_value_heads=2,
         max_position_embeddings=512,
         initializer_range=spread,
-        eos_token_id=62,
-        pad_token_id=63,
+        eos_token_id=62 if vocab > 63 else None,
+        pad_token_id=63 if vocab > 63 else None,
         tie_word_embeddings=False,
     )
     return LlamaForCausalLM(config).eval().requires_grad_(False)
