@@ -146,11 +146,11 @@ def test_head_dims(head_dim):
 
 
 @pytest.mark.parametrize("num_splits", [1, 2])
-@pytest.mark.parametrize("parents,prefix", [([-1], 0), ([-1], 33), (list(range(-1, 15)), 0)])
+@pytest.mark.parametrize("parents,prefix", [([-1], 0), ([-1], 33), (list(range(-1, 40)), 0)])
 def test_single_sequence_edge_trees(parents, prefix, num_splits):
-    """One-node trees, an empty prefix, a chain; rows (heads × Tq) not a multiple of the combine's 8."""
+    """One-node trees, an empty prefix, a 41-node chain (two mask words), with and without splits."""
     inputs = make_batch([(prefix, parents, len(parents))], 4, 1, 64, torch.float32)
-    out = call(kernel, inputs, block_n=8, num_splits=num_splits)
+    out = call(kernel, inputs, block_n=16, num_splits=num_splits)
     assert_close(out, branch_oracle(inputs), torch.float32)
 
 
