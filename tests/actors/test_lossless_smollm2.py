@@ -1,0 +1,30 @@
+"""Lossless on the real embedded model: SmolLM2-135M-Instruct, greedy, every drafter."""
+
+import pytest
+import torch
+
+from actors.engine import Engine, EngineConfig
+from actors.messages import SamplingParams
+from actors.models import load_model
+
+pytestmark = pytest.mark.slow
+
+PROMPTS = [
+    "Write a Python function that returns the n-th Fibonacci number.",
+    "List three colours.",
+]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("default", "float32")
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "early-exit:6"])
+def test_greedy_equals_hf_generate(smollm2, drafter):
+    engine = Engine(EngineConfig(drafter=drafter, max_batch_size=2, max_model_len=512), smollm2)
+    prompts = [engine.encode(p) for p in PROMPTS]
+    results = engine.generate(prompts, SamplingParams(max_new_tokens=40))
+    for prompt, result in zip(prompts, results):
+        expected = smollm2.model.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False)
+        assert result.token_ids == expected[0, len(prompt) :].tolist()
