@@ -16,7 +16,7 @@ def gpu_model(make_tiny, dtype):
 
     torch.manual_seed(0)
     config = LlamaConfig(
-        vocab_size=512,
+        vocab_size=64,
         hidden_size=512,
         intermediate_size=1024,
         num_hidden_layers=4,
@@ -24,6 +24,9 @@ def gpu_model(make_tiny, dtype):
         num_key_value_heads=2,  # head_dim 64, GQA group 4
         initializer_range=0.1,
         max_position_embeddings=1024,
+        eos_token_id=None,
+        bos_token_id=None,
+        pad_token_id=None,
     )
     return LlamaForCausalLM(config).eval().requires_grad_(False).to("cuda", dtype)
 
@@ -31,7 +34,7 @@ def gpu_model(make_tiny, dtype):
 @pytest.mark.parametrize("drafter", ["ngram", "early-exit:2"])
 def test_triton_matches_reference_end_to_end(make_tiny, tiny_tokenizer, drafter):
     model = gpu_model(make_tiny, torch.float32)
-    prompts = [[(7 * i + j) % 500 for j in range(40 + 9 * i)] for i in range(3)]
+    prompts = [[(7 * i + j) % 60 for j in range(40 + 9 * i)] for i in range(3)]
     outputs = {}
     for backend in ("triton", "reference"):
         config = EngineConfig(drafter=drafter, attention=backend, max_batch_size=3, max_model_len=512)
