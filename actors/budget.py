@@ -54,7 +54,9 @@ class BudgetController:
     def __init__(self, max_nodes: int, max_depth: int, adaptive: bool = True):
         self.max_depth = max_depth
         self.adaptive = adaptive
-        self.sizes = [0] + [s for s in (2, 4, 8, 16, 32, 64) if s < max_nodes] + [max_nodes] if max_nodes else [0]
+        self.sizes = (
+            [0] + [s for s in (2, 4, 8, 16, 32, 64) if s < max_nodes] + [max_nodes] if max_nodes else [0]
+        )
         self.accepted = {s: None for s in self.sizes}  # running mean accepted drafts per sequence
         self.draft_seconds = {s: 0.0 for s in self.sizes}
         self.verify_cost = LinearCost()
@@ -91,4 +93,8 @@ class BudgetController:
 
     def _neighbour(self, size: int) -> int:
         i = self.sizes.index(size)
-        return self.sizes[i + 1] if (self.steps // EXPLORE_EVERY) % 2 and i + 1 < len(self.sizes) else self.sizes[max(i - 1, 0)]
+        return (
+            self.sizes[i + 1]
+            if (self.steps // EXPLORE_EVERY) % 2 and i + 1 < len(self.sizes)
+            else self.sizes[max(i - 1, 0)]
+        )

@@ -211,7 +211,9 @@ class Engine:
         return used + self.config.max_draft_nodes + 1 > self.config.max_model_len
 
     def _result(self, request: _Request) -> GenerationResult:
-        return GenerationResult(request.text, request.token_ids, request.finish_reason or "length", request.stats)
+        return GenerationResult(
+            request.text, request.token_ids, request.finish_reason or "length", request.stats
+        )
 
 
 def validate(config: EngineConfig) -> None:

@@ -207,7 +207,11 @@ class TreeModel:
             input_ids[item.slot, :q] = torch.tensor(item.tokens)
             position_ids[item.slot, :q] = torch.tensor(item.positions)
             ancestors[item.slot, :q, : item.tree_len] = item.ancestors
-            prefix_lens[item.slot], tree_lens[item.slot], q_lens[item.slot] = item.prefix_len, item.tree_len, q
+            prefix_lens[item.slot], tree_lens[item.slot], q_lens[item.slot] = (
+                item.prefix_len,
+                item.tree_len,
+                q,
+            )
             first = item.prefix_len + item.tree_len - q
             write_rows += [item.slot] * q
             write_cols += range(q)

@@ -16,7 +16,7 @@ PIPELINES = {
     "bench": ("pipelines.bench", "BenchConfig", "benchmark against Hugging Face generate"),
 }
 
-USAGE = "usage: tandem {%s} [CONFIG.yaml] [--flag VALUE ...] [key=value ...]" % ",".join(PIPELINES)
+USAGE = "usage: tandem COMMAND [CONFIG.yaml] [--flag VALUE ...] [key=value ...]\ncommands:"
 
 
 def parse(args: list[str], flags: dict[str, str]) -> tuple[str | None, list[str]]:

@@ -1,7 +1,7 @@
 """Generate text for one prompt with the speculative engine, and print speculation statistics.
 
-    python -m pipelines.generate [configs/generate.yaml] prompt="..." engine.drafter=ngram
-    tandem generate --prompt "..." [--drafter ngram] [--max-new-tokens 128]
+python -m pipelines.generate [configs/generate.yaml] prompt="..." engine.drafter=ngram
+tandem generate --prompt "..." [--drafter ngram] [--max-new-tokens 128]
 """
 
 from __future__ import annotations

@@ -21,7 +21,9 @@ def parse_drafter(spec: str) -> tuple[str, str]:
     """``"model:/path"`` → ``("model", "/path")``; raises ValueError on an unknown kind."""
     kind, _, arg = spec.partition(":")
     if kind not in KINDS:
-        raise ValueError(f"unknown drafter {spec!r}; choose one of: ngram, model:PATH, early-exit[:LAYERS], none")
+        raise ValueError(
+            f"unknown drafter {spec!r}; choose one of: ngram, model:PATH, early-exit[:LAYERS], none"
+        )
     if kind == "model" and not arg:
         raise ValueError("drafter 'model' needs a path: model:PATH")
     if kind == "early-exit" and arg and not arg.isdigit():

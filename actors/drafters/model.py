@@ -90,7 +90,9 @@ class ModelDrafter(Drafter):
         candidates = {s: self._children(roots[s], -1, 1.0) for s in seq_ids}
         for depth in range(1, max(b.max_depth for b in budgets) + 1):
             level = {s: self._select(trees[s], candidates[s], limits[s], depth) for s in seq_ids}
-            grow = {s: nodes for s, nodes in level.items() if nodes and self._has_room(trees[s], limits[s], depth)}
+            grow = {
+                s: nodes for s, nodes in level.items() if nodes and self._has_room(trees[s], limits[s], depth)
+            }
             if not grow:
                 break
             probs = self._expand(grow, trees)

@@ -42,5 +42,7 @@ def test_triton_matches_reference_end_to_end(make_tiny, tiny_tokenizer, drafter)
         results = engine.generate(prompts, SamplingParams(max_new_tokens=32, ignore_eos=True))
         outputs[backend] = [r.token_ids for r in results]
     assert outputs["triton"] == outputs["reference"]
-    plain = [model.generate(torch.tensor([p], device="cuda"), max_new_tokens=32, do_sample=False) for p in prompts]
+    plain = [
+        model.generate(torch.tensor([p], device="cuda"), max_new_tokens=32, do_sample=False) for p in prompts
+    ]
     assert outputs["triton"] == [g[0, len(p) :].tolist() for g, p in zip(plain, prompts)]

@@ -55,7 +55,9 @@ FIRST = torch.tensor([0.30, 0.25, 0.20, 0.15, 0.07, 0.03])
 SECOND = torch.softmax(torch.arange(36, dtype=torch.float32).view(6, 6).sin() * 2, dim=-1)
 TREES = {
     "chain": DraftTree(0, torch.tensor([1, 3]), torch.tensor([-1, 0]), torch.ones(2)),
-    "tree": DraftTree(0, torch.tensor([0, 1, 2, 4, 5, 0]), torch.tensor([-1, -1, -1, 0, 0, 1]), torch.ones(6)),
+    "tree": DraftTree(
+        0, torch.tensor([0, 1, 2, 4, 5, 0]), torch.tensor([-1, -1, -1, 0, 0, 1]), torch.ones(6)
+    ),
 }
 
 
@@ -105,7 +107,9 @@ def engine_pairs(verifier, draft_model, tokenizer, trials: int) -> torch.Tensor:
     engine = Engine(config, LoadedModel(verifier, tokenizer, "tiny"))
     engine.drafter = ModelDrafter(draft_model, 64, 64, branching=3, threshold=0.0)
     engine.budget.__init__(6, 3, adaptive=False)
-    params = [SamplingParams(max_new_tokens=2, temperature=1.0, ignore_eos=True, seed=s) for s in range(trials)]
+    params = [
+        SamplingParams(max_new_tokens=2, temperature=1.0, ignore_eos=True, seed=s) for s in range(trials)
+    ]
     results = engine.generate([[1, 2, 3]] * trials, params)
     counts = torch.zeros(8, 8)
     for result in results:
@@ -130,5 +134,3 @@ def test_engine_sampling_matches_target(make_tiny, tiny_tokenizer, monkeypatch, 
     counts = engine_pairs(verifier, drafter, tiny_tokenizer, 3000)
     stat, df = chi_square(counts, exact_pairs(verifier))
     assert (stat > critical(df)) if broken else (stat < critical(df))
-
-
