@@ -4,22 +4,26 @@ Throughput of a step with tree size ``s`` for ``B`` sequences is
 
     B · (1 + accepted(s)) / (draft_time(s) + verify_time(B · (1 + s)))
 
-where ``accepted(s)`` is the running mean of accepted drafted tokens observed at that size,
+where ``accepted(s)`` is the running mean of accepted drafted tokens at size ``s``,
 ``draft_time(s)`` the running mean time the drafter took, and ``verify_time(n) = a + b·n`` a
 least-squares fit of the verifier's forward time against the tokens it processed. The budget
 picks the size with the best expected throughput, so it falls to 0 (plain decoding) when the
-verifier is saturated (large batches) or drafts stop being accepted. A size is re-tried now
-and then so a change in the text is noticed.
+verifier is saturated (large batches) or drafts stop being accepted.
+
+One step at size ``S`` also tells what every smaller size would have accepted: drafters grow
+trees best-first, so the tree of size ``s`` is the ``s`` most confident nodes of the tree of
+size ``S`` (ranked by ``draft_probs``, ties by index), and the accepted path would have stopped
+at its first node ranked ``>= s``. Larger sizes are re-tried now and then.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from actors.messages import DraftBudget
+from actors.messages import DraftBudget, DraftTree, Verdict
 
 EMA = 0.2  # weight of the newest observation in running means
-EXPLORE_EVERY = 16  # steps between tries of a neighbouring size
+EXPLORE_EVERY = 8  # steps between tries of the next larger size
 
 
 @dataclass
@@ -54,13 +58,13 @@ class BudgetController:
     def __init__(self, max_nodes: int, max_depth: int, adaptive: bool = True):
         self.max_depth = max_depth
         self.adaptive = adaptive
-        self.sizes = (
-            [0] + [s for s in (2, 4, 8, 16, 32, 64) if s < max_nodes] + [max_nodes] if max_nodes else [0]
-        )
-        self.accepted = {s: None for s in self.sizes}  # running mean accepted drafts per sequence
+        ladder = [s for s in (2, 4, 8, 16, 32, 64) if s < max_nodes]
+        self.sizes = [0] + ladder + [max_nodes] if max_nodes else [0]
+        self.accepted: dict[int, float | None] = {s: None for s in self.sizes}  # mean accepted drafts
+        self.accepted[0] = 0.0
+        self.observations = {s: 0 for s in self.sizes}
         self.draft_seconds = {s: 0.0 for s in self.sizes}
         self.verify_cost = LinearCost()
-        self.accepted[0] = 0.0
         self.steps = 0
         self.current = self.sizes[-1]
 
@@ -69,32 +73,58 @@ class BudgetController:
         self.steps += 1
         if not self.adaptive:
             self.current = self.sizes[-1]
+        elif any(self.accepted[s] is None for s in self.sizes):
+            self.current = self.sizes[-1]  # one step at the largest size informs all smaller ones
         else:
-            untried = [s for s in self.sizes if self.accepted[s] is None]
-            if untried:
-                self.current = untried[-1]
-            else:
-                self.current = max(self.sizes, key=lambda s: self._throughput(s, batch_size))
-                if self.steps % EXPLORE_EVERY == 0:
-                    self.current = self._neighbour(self.current)
+            self.current = max(self.sizes, key=lambda s: self._throughput(s, batch_size))
+            if self.steps % EXPLORE_EVERY == 0:
+                self.current = self._larger(self.current)
         return DraftBudget(max_nodes=self.current, max_depth=self.max_depth)
 
-    def observe(self, step_tokens: int, draft_seconds: float, verify_seconds: float, accepted: float) -> None:
-        """Record a step: tokens the verifier processed, the two timings, mean accepted drafts."""
-        size = self.current
+    def observe(
+        self,
+        step_tokens: int,
+        draft_seconds: float,
+        verify_seconds: float,
+        trees: list[DraftTree],
+        verdicts: list[Verdict],
+    ) -> None:
+        """Record a step: tokens the verifier processed, the two timings, the trees and verdicts."""
         self.verify_cost.observe(step_tokens, verify_seconds)
-        previous = self.accepted[size]
-        self.accepted[size] = accepted if previous is None else (1 - EMA) * previous + EMA * accepted
+        size = self.current
         self.draft_seconds[size] = (1 - EMA) * self.draft_seconds[size] + EMA * draft_seconds
+        # An empty tree says the drafter had nothing to offer, not how a size would have fared.
+        drafted = [(t, v) for t, v in zip(trees, verdicts) if len(t)]
+        if not drafted:
+            return
+        for smaller in (s for s in self.sizes if 0 < s <= size):
+            accepted = sum(accepted_within(t, v, smaller) for t, v in drafted) / len(drafted)
+            # a plain mean over the first observations, then an exponential one
+            self.observations[smaller] += 1
+            weight = max(EMA, 1 / self.observations[smaller])
+            previous = self.accepted[smaller] or 0.0
+            self.accepted[smaller] = previous + weight * (accepted - previous)
 
     def _throughput(self, size: int, batch_size: int) -> float:
         seconds = self.draft_seconds[size] + self.verify_cost.predict(batch_size * (1 + size))
         return batch_size * (1 + (self.accepted[size] or 0.0)) / max(seconds, 1e-6)
 
-    def _neighbour(self, size: int) -> int:
+    def _larger(self, size: int) -> int:
+        """The next size up: smaller sizes are learned from every step, larger ones only by trying."""
         i = self.sizes.index(size)
-        return (
-            self.sizes[i + 1]
-            if (self.steps // EXPLORE_EVERY) % 2 and i + 1 < len(self.sizes)
-            else self.sizes[max(i - 1, 0)]
-        )
+        return self.sizes[min(i + 1, len(self.sizes) - 1)]
+
+
+def accepted_within(tree: DraftTree, verdict: Verdict, size: int) -> int:
+    """Drafts the verdict would have accepted had the tree held only its ``size`` best nodes."""
+    if not verdict.accepted_nodes:
+        return 0
+    probs = tree.draft_probs.tolist()
+    order = sorted(range(len(probs)), key=lambda i: (-probs[i], i))
+    rank = {node: r for r, node in enumerate(order)}
+    count = 0
+    for node in verdict.accepted_nodes:
+        if rank[node] >= size:
+            break
+        count += 1
+    return count

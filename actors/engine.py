@@ -40,7 +40,7 @@ class EngineConfig:
     max_batch_size: int = 8
     max_model_len: int = 2048
     max_draft_nodes: int = 32
-    max_draft_depth: int = 8
+    max_draft_depth: int = 32
     adaptive_budget: bool = True
 
 
@@ -170,8 +170,7 @@ class Engine:
         verified = time.perf_counter()
         if self.drafter:
             self.drafter.commit(verdicts)
-        accepted = sum(v.num_accepted for v in verdicts) / len(verdicts)
-        self.budget.observe(step_tokens, drafted - start, verified - drafted, accepted)
+        self.budget.observe(step_tokens, drafted - start, verified - drafted, trees, verdicts)
         for verdict in verdicts:
             request = running[verdict.seq_id]
             self._extend(request, verdict)
