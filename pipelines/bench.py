@@ -67,7 +67,7 @@ class BenchConfig:
         assisted: also run HF assisted generation (prompt lookup; ``assistant_model`` when the
             engine's drafter is a model).
         prompt_lookup_num_tokens: HF prompt lookup's draft length.
-        warmup: run the first prompt once per system, untimed, before measuring.
+        warmup: run the first prompt once per system (up to 16 tokens), untimed, before measuring.
         command: the command line recorded in the docs; empty = rebuilt from ``sys.argv``.
     """
 
@@ -145,8 +145,8 @@ System = Callable[[list[int]], tuple[list[int], int | None]]
 
 def hf_system(engine, max_new_tokens: int, **assist) -> System:
     """HF ``generate`` on the engine's verifier, greedy; ``assist`` turns on assisted generation."""
-    model, pad = engine.model, engine.tokenizer.pad_token_id
-    pad = engine.tokenizer.eos_token_id if pad is None else pad
+    model, eos, pad = engine.model, sorted(stop_ids(engine)), engine.tokenizer.pad_token_id
+    pad = eos[0] if pad is None else pad
 
     def run(prompt_ids: list[int]) -> tuple[list[int], int | None]:
         input_ids = torch.tensor([prompt_ids], device=engine.device)
@@ -155,12 +155,18 @@ def hf_system(engine, max_new_tokens: int, **assist) -> System:
             attention_mask=torch.ones_like(input_ids),
             do_sample=False,
             max_new_tokens=max_new_tokens,
+            eos_token_id=eos,  # the same stop set as Tandem's
             pad_token_id=pad,
             **assist,
         )
         return output[0, len(prompt_ids) :].tolist(), None
 
     return run
+
+
+def stop_ids(engine) -> set[int]:
+    """The token ids that end generation: the engine's own set, else the tokenizer's EOS."""
+    return set(getattr(engine, "eos_ids", None) or {engine.tokenizer.eos_token_id})
 
 
 def tandem_system(engine, max_new_tokens: int) -> System:
@@ -173,16 +179,16 @@ def tandem_system(engine, max_new_tokens: int) -> System:
     return run
 
 
-def build_systems(engine, cfg: BenchConfig) -> dict[str, System]:
-    systems = {HF_GENERATE: hf_system(engine, cfg.max_new_tokens)}
+def build_systems(engine, cfg: BenchConfig, max_new_tokens: int) -> dict[str, System]:
+    systems = {HF_GENERATE: hf_system(engine, max_new_tokens)}
     if cfg.assisted:
         lookup = cfg.prompt_lookup_num_tokens
-        systems["hf_prompt_lookup"] = hf_system(engine, cfg.max_new_tokens, prompt_lookup_num_tokens=lookup)
+        systems["hf_prompt_lookup"] = hf_system(engine, max_new_tokens, prompt_lookup_num_tokens=lookup)
         if getattr(engine, "drafter_model", None) is not None:
             systems["hf_assisted_model"] = hf_system(
-                engine, cfg.max_new_tokens, assistant_model=engine.drafter_model
+                engine, max_new_tokens, assistant_model=engine.drafter_model
             )
-    systems[TANDEM] = tandem_system(engine, cfg.max_new_tokens)
+    systems[TANDEM] = tandem_system(engine, max_new_tokens)
     return systems
 
 
@@ -281,6 +287,7 @@ def environment(cfg: BenchConfig, engine) -> dict:
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "machine": machine_description(engine),
+        "load_average": [round(load, 2) for load in os.getloadavg()],  # 1/5/15 min, at the end
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": cfg.command or command_line(),
     }
@@ -364,7 +371,8 @@ def docs_block(report: dict, plot: Path | None, docs: Path) -> str:
         f"### {env['model']} · drafter `{env['drafter']}` · {env['dtype']} · {env['device']}",
         "",
         f"{env['date']} on {env['machine']} (torch {env['torch']}, transformers {env['transformers']}, "
-        f"{env['torch_threads']} threads): {summary['prompts']} prompts from `{cfg['prompts']}`, "
+        f"{env['torch_threads']} threads, load average {env['load_average'][2]:.1f} over the last 15 min): "
+        f"{summary['prompts']} prompts from `{cfg['prompts']}`, "
         f"up to {cfg['max_new_tokens']} new tokens, greedy, batch 1, interleaved prompt by prompt.",
         "",
         "```",
@@ -426,13 +434,12 @@ def main(cfg: BenchConfig, engine=None) -> dict:
 
         engine = Engine(cfg.engine)
     prompt_ids = [engine.encode(prompt) for prompt in prompts]
-    systems = build_systems(engine, cfg)
-    eos = set(getattr(engine, "eos_ids", None) or {engine.tokenizer.eos_token_id})
+    systems = build_systems(engine, cfg, cfg.max_new_tokens)
     print(f"bench: {len(prompts)} prompts, systems: {', '.join(systems)}", flush=True)
-    if cfg.warmup:
-        for system in systems.values():
+    if cfg.warmup:  # short: it only has to load kernels and fill allocator caches
+        for system in build_systems(engine, cfg, min(cfg.max_new_tokens, 16)).values():
             system(prompt_ids[0])
-    report = summarize(run_interleaved(systems, prompt_ids, eos))
+    report = summarize(run_interleaved(systems, prompt_ids, stop_ids(engine)))
     report["config"] = {"bench": asdict(cfg), "environment": environment(cfg, engine)}
     print_table(report)
     Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)

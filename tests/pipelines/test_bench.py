@@ -146,6 +146,13 @@ def test_trim_eos_only_drops_a_final_eos():
     assert bench.trim_eos([], eos={2}) == []
 
 
+def test_command_line_reproduces_the_invocation(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["/usr/bin/tandem", "bench", "--limit", "3"])
+    assert bench.command_line() == "tandem bench --limit 3"
+    monkeypatch.setattr("sys.argv", ["/repo/pipelines/bench.py", "configs/bench.yaml", "limit=3"])
+    assert bench.command_line() == "python -m pipelines.bench configs/bench.yaml limit=3"
+
+
 # ---------------------------------------------------------------- docs
 
 
