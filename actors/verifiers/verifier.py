@@ -102,7 +102,7 @@ class Verifier:
         Args:
             trees: proposals, one per running sequence included in this step.
             topk: when > 0, each verdict carries the verifier's top-k next tokens after every
-                step input from the last pending token on (token recycling).
+                step input (token recycling).
         """
         inputs, rows = [], []
         for tree in trees:
@@ -115,29 +115,34 @@ class Verifier:
             tokens = seq.pending + tree.tokens.tolist()
             positions = [seq.kv_len + d for d in depths]
             inputs.append(TreeInput(seq.slot, seq.kv_len, size, tokens, positions, ancestors))
-            rows.append((seq.slot, len(seq.pending) - 1, size))
+            # Acceptance needs logits from the last pending token on; token recycling also
+            # learns from a prompt's own positions, so a prefill then computes them all.
+            first = 0 if topk else len(seq.pending) - 1
+            rows.append((seq.slot, first, size))
         hidden = self.runner.forward(inputs)
-        # Only the last pending token and the tree nodes need logits: [sum(T + 1), V].
         picked = torch.cat([hidden[slot, first:end] for slot, first, end in rows])
-        logits = self.runner.logits(picked).cpu()
+        logits = self.runner.logits(picked).cpu()  # [sum of rows, V]
         verdicts, offset = [], 0
-        for tree, item in zip(trees, inputs):
-            tree_logits = logits[offset : offset + len(tree) + 1]
-            offset += len(tree) + 1
-            verdicts.append(self._decide(tree, item, tree_logits, topk))
+        for tree, item, (_, first, end) in zip(trees, inputs, rows):
+            step_logits = logits[offset : offset + end - first]
+            offset += end - first
+            verdicts.append(self._decide(tree, item, step_logits, first, topk))
         self._compact(trees, verdicts)
         return verdicts
 
-    def _decide(self, tree: DraftTree, item: TreeInput, logits: torch.Tensor, topk: int) -> Verdict:
+    def _decide(self, tree: DraftTree, item: TreeInput, logits: torch.Tensor, first: int, topk: int):
+        """Accept or reject one tree. ``logits`` rows follow the step input from row ``first``;
+        the last ``len(tree) + 1`` of them are the last pending token's and the nodes'."""
         seq = self.sequences[tree.seq_id]
+        tree_logits = logits[-(len(tree) + 1) :]
         if seq.params.greedy:
-            accepted, token = accept_greedy(tree, logits)
+            accepted, token = accept_greedy(tree, tree_logits)
         else:
-            accepted, token = accept_sampling(tree, target_probs(logits, seq.params), seq.generator)
+            accepted, token = accept_sampling(tree, target_probs(tree_logits, seq.params), seq.generator)
         context_tokens = context_topk = context_probs = None
         if topk:
             top = torch.topk(logits.softmax(dim=-1), topk, dim=-1)
-            context_tokens = torch.tensor(item.tokens[len(seq.pending) - 1 :])
+            context_tokens = torch.tensor(item.tokens[first:])
             context_topk, context_probs = top.indices, top.values
         drafted = tree.tokens.tolist()
         return Verdict(
