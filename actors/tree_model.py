@@ -154,6 +154,8 @@ class TreeModel:
         shape = (config.num_hidden_layers, slots, config.num_key_value_heads, max_len, head_dim)
         self.cache_k = torch.zeros(shape, dtype=param.dtype, device=param.device)
         self.cache_v = torch.zeros(shape, dtype=param.dtype, device=param.device)
+        # the reference backend reuses one dense mask for every layer; the kernel reads the bits
+        self.needs_dense_mask = backend == "reference" or (backend == "auto" and param.device.type != "cuda")
 
     @property
     def device(self) -> torch.device:
@@ -218,7 +220,11 @@ class TreeModel:
             write_pos += range(first, first + q)
         kv_len = int((prefix_lens + tree_lens).max())
         device = self.device
-        dense = self._dense_mask(prefix_lens, tree_lens, q_lens, ancestors, kv_len)
+        dense = (
+            self._dense_mask(prefix_lens, tree_lens, q_lens, ancestors, kv_len)
+            if self.needs_dense_mask
+            else None
+        )
         batch = TreeBatch(
             cache_k=self.cache_k,
             cache_v=self.cache_v,
@@ -227,7 +233,7 @@ class TreeModel:
             tree_lens=tree_lens.to(device),
             q_lens=q_lens.to(device),
             tree_mask=pack_bits(ancestors).to(device),
-            dense_mask=dense.to(device),
+            dense_mask=dense.to(device) if dense is not None else None,
             write_rows=torch.tensor(write_rows, device=device),
             write_cols=torch.tensor(write_cols, device=device),
             write_pos=torch.tensor(write_pos, device=device),

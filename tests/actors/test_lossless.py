@@ -100,3 +100,13 @@ def test_self_drafting_accepts_everything(tiny_lm):
     (result,) = engine.generate(prompts(1), SamplingParams(max_new_tokens=25, ignore_eos=True))
     assert result.token_ids == plain_greedy(tiny_lm.model, prompts(1)[0], 25)
     assert result.stats.mean_accepted_tokens == 5.0  # 4 drafts + 1 bonus per step
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "early-exit:1"])
+def test_greedy_with_the_triton_kernel(tiny_lm, drafter):
+    """The verifier with the Triton tree-attention kernel (interpreted on CPU) is lossless too."""
+    config = EngineConfig(drafter=drafter, attention="triton", max_batch_size=2, max_model_len=128)
+    engine = Engine(config, tiny_lm)
+    batch = prompts(2)
+    results = engine.generate(batch, SamplingParams(max_new_tokens=12, ignore_eos=True))
+    assert [r.token_ids for r in results] == [plain_greedy(tiny_lm.model, p, 12) for p in batch]
