@@ -9,6 +9,7 @@ import torch
 
 from actors.budget import BudgetController
 from actors.drafters import build_drafter, parse_drafter
+from actors.drafters.base import Drafter
 from actors.messages import DraftTree, SamplingParams, Verdict
 from actors.models import LoadedModel, load_model, resolve_dtype
 from actors.verifiers.verifier import Verifier
@@ -93,8 +94,11 @@ class Engine:
     commits the verdicts.
     """
 
-    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None):
-        """Build from ``config``; ``loaded`` injects an already loaded verifier (tests, tools)."""
+    def __init__(
+        self, config: EngineConfig, loaded: LoadedModel | None = None, drafter: Drafter | None = None
+    ):
+        """Build from ``config``. ``loaded`` injects an already loaded verifier and ``drafter`` a
+        drafter object in place of ``config.drafter`` (tests, tools)."""
         validate(config)
         self.config = config
         self.device = resolve_device(config.device)
@@ -103,7 +107,7 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.verifier = Verifier(self.model, config.max_batch_size, config.max_model_len, config.attention)
-        self.drafter = build_drafter(config, self.model, self.device)
+        self.drafter = drafter or build_drafter(config, self.model, self.device)
         self.drafter_model = getattr(self.drafter, "assistant_model", None)
         self.budget = BudgetController(
             config.max_draft_nodes if self.drafter else 0, config.max_draft_depth, config.adaptive_budget
@@ -159,18 +163,17 @@ class Engine:
     def _step(self, running: dict[int, _Request]) -> None:
         seq_ids = list(running)
         budget = self.budget.plan(len(seq_ids))
-        start = time.perf_counter()
         if self.drafter and budget.max_nodes:
             trees = self.drafter.propose(seq_ids, [budget] * len(seq_ids))
         else:
             trees = [DraftTree.empty(seq_id) for seq_id in seq_ids]
-        drafted = time.perf_counter()
-        step_tokens = sum(len(t) + len(self.verifier.sequences[t.seq_id].pending) for t in trees)
+        prefill = any(len(self.verifier.sequences[s].pending) > 1 for s in seq_ids)
+        start = time.perf_counter()
         verdicts = self.verifier.verify(trees, topk=self.drafter.wants_topk if self.drafter else 0)
-        verified = time.perf_counter()
+        if not prefill:  # a prompt's prefill would skew the decode cost fit
+            self.budget.observe(sum(len(t) + 1 for t in trees), time.perf_counter() - start)
         if self.drafter:
             self.drafter.commit(verdicts)
-        self.budget.observe(step_tokens, drafted - start, verified - drafted, trees, verdicts)
         for verdict in verdicts:
             request = running[verdict.seq_id]
             self._extend(request, verdict)

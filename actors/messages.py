@@ -59,10 +59,26 @@ class DraftBudget:
     Attributes:
         max_nodes: tree size limit; 0 means "do not speculate".
         max_depth: longest root-to-leaf path.
+        node_cost: what verifying one more node costs, as a fraction of what this sequence's
+            share of a step costs without drafts (0: drafts are free, fill the budget).
     """
 
     max_nodes: int
     max_depth: int
+    node_cost: float = 0.0
+
+    def admits(self, confidence: float, expected: float, nodes: int) -> bool:
+        """Whether a node of path ``confidence`` raises expected tokens per unit of time, given a
+        tree of ``nodes`` nodes so far that is expected to yield ``expected`` tokens (its
+        accepted drafts plus the verifier's own token). Best-first drafters stop at the first
+        node it refuses.
+
+        Tokens per time go from ``expected / cost`` to ``(expected + confidence) / (cost +
+        node_cost)`` with ``cost = 1 + node_cost · nodes``; that is a gain exactly when
+        ``confidence · cost > node_cost · expected``.
+        """
+        cost = 1 + self.node_cost * nodes
+        return nodes < self.max_nodes and confidence * cost > self.node_cost * expected
 
 
 @dataclass(frozen=True)

@@ -125,11 +125,16 @@ class ModelDrafter(Drafter):
         return [(score * p, t, parent) for p, t in zip(top.values.tolist(), top.indices.tolist())]
 
     def _select(self, tree: _Tree, candidates, budget: DraftBudget, depth: int) -> list[int]:
-        """Add this level's best candidates to the tree; return their node indices."""
+        """Add this level's candidates that are worth verifying; return their node indices."""
         if depth > budget.max_depth:
             return []
-        room = budget.max_nodes - len(tree.tokens)
-        chosen = sorted((c for c in candidates if c[0] >= self.threshold), reverse=True)[: max(room, 0)]
+        chosen = []
+        expected = 1.0 + sum(tree.scores)
+        for candidate in sorted((c for c in candidates if c[0] >= self.threshold), reverse=True):
+            if not budget.admits(candidate[0], expected, len(tree.tokens) + len(chosen)):
+                break
+            chosen.append(candidate)
+            expected += candidate[0]
         chosen.sort(key=lambda c: c[2])  # group by parent; keeps parents[i] < i
         nodes = []
         for score, token, parent in chosen:

@@ -140,8 +140,12 @@ class NgramDrafter(Drafter):
         tokens, parents, depths, confidences, credits = [], [], [], [], []
         heap: list[tuple] = []
         self._push(heap, self._root_children(sequence), -1, 1.0, 1)
-        while heap and len(tokens) < budget.max_nodes:
+        expected = 1.0  # tokens the step is expected to yield: the verifier's own + accepted drafts
+        while heap:
             neg_conf, _, parent, token, depth, kind_n, pointers, credit = heapq.heappop(heap)
+            if not budget.admits(-neg_conf, expected, len(tokens)):
+                break  # best-first: every later node is less confident
+            expected -= neg_conf
             node = len(tokens)
             tokens.append(token)
             parents.append(parent)

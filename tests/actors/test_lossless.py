@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from actors.drafters.base import Drafter
+from actors.drafters.model import ModelDrafter
 from actors.engine import Engine, EngineConfig
 from actors.messages import DraftTree, SamplingParams
 
@@ -82,9 +83,8 @@ def test_greedy_equals_plain_decoding(tiny_lm, tiny_model_dir, drafter, batch_si
 def test_greedy_trees_with_deep_acceptance(tiny_lm):
     batch = prompts(4, seed=3)
     answers = [plain_greedy(tiny_lm.model, p, 30) for p in batch]
-    engine = Engine(EngineConfig(drafter="none", max_batch_size=2, max_model_len=256), tiny_lm)
-    engine.drafter = OracleTreeDrafter({i + 1: a for i, a in enumerate(answers)})
-    engine.budget.__init__(16, 8, adaptive=False)
+    config = EngineConfig(max_batch_size=2, max_model_len=256, max_draft_nodes=16, adaptive_budget=False)
+    engine = Engine(config, tiny_lm, OracleTreeDrafter({i + 1: a for i, a in enumerate(answers)}))
     results = engine.generate(batch, SamplingParams(max_new_tokens=30, ignore_eos=True))
     assert [r.token_ids for r in results] == answers
     assert sum(r.stats.accepted for r in results) > 40  # deep paths were accepted
@@ -92,11 +92,9 @@ def test_greedy_trees_with_deep_acceptance(tiny_lm):
 
 def test_self_drafting_accepts_everything(tiny_lm):
     """A drafter identical to the verifier has every greedy draft accepted."""
-    engine = Engine(EngineConfig(drafter="none", max_model_len=256, max_draft_depth=4), tiny_lm)
-    from actors.drafters.model import ModelDrafter
-
-    engine.drafter = ModelDrafter(tiny_lm.model, 8, 256, branching=1, threshold=0.0)
-    engine.budget.__init__(4, 4, adaptive=False)
+    config = EngineConfig(max_model_len=256, max_draft_nodes=4, max_draft_depth=4, adaptive_budget=False)
+    drafter = ModelDrafter(tiny_lm.model, 8, 256, branching=1, threshold=0.0)
+    engine = Engine(config, tiny_lm, drafter)
     (result,) = engine.generate(prompts(1), SamplingParams(max_new_tokens=25, ignore_eos=True))
     assert result.token_ids == plain_greedy(tiny_lm.model, prompts(1)[0], 25)
     assert result.stats.mean_accepted_tokens == 5.0  # 4 drafts + 1 bonus per step

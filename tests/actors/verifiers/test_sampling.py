@@ -103,10 +103,11 @@ def test_target_probs_top_k_and_top_p():
 def engine_pairs(verifier, draft_model, tokenizer, trials: int) -> torch.Tensor:
     from actors.models import LoadedModel
 
-    config = EngineConfig(drafter="none", max_batch_size=64, max_model_len=64, max_draft_nodes=6)
-    engine = Engine(config, LoadedModel(verifier, tokenizer, "tiny"))
-    engine.drafter = ModelDrafter(draft_model, 64, 64, branching=3, threshold=0.0)
-    engine.budget.__init__(6, 3, adaptive=False)
+    config = EngineConfig(
+        max_batch_size=64, max_model_len=64, max_draft_nodes=6, max_draft_depth=3, adaptive_budget=False
+    )
+    drafter = ModelDrafter(draft_model, 64, 64, branching=3, threshold=0.0)
+    engine = Engine(config, LoadedModel(verifier, tokenizer, "tiny"), drafter)
     params = [
         SamplingParams(max_new_tokens=2, temperature=1.0, ignore_eos=True, seed=s) for s in range(trials)
     ]
