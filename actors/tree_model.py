@@ -80,6 +80,7 @@ def tree_attention_forward(module, query, key, value, attention_mask, scaling=No
         scale=scaling,
         backend=batch.backend,
         dense_mask=batch.dense_mask,
+        check=layer == 0,  # the metadata is the same for every layer
     )
     return out.transpose(1, 2).contiguous(), None
 

@@ -244,8 +244,10 @@ def tree_attention(
     scale: float | None = None,
     backend: str = "auto",
     dense_mask: torch.Tensor | None = None,
+    check: bool = True,
 ) -> torch.Tensor:
-    """Tree attention through the chosen backend, after :func:`check_inputs`.
+    """Tree attention through the chosen backend, after :func:`check_inputs` (``check=False``
+    skips it for a caller that already checked the same metadata, e.g. every layer but the first).
 
     ``backend``: ``"auto"`` runs the Triton kernel when ``q`` is on CUDA and Triton imports, the
     reference otherwise; ``"triton"`` forces the kernel (on the CPU only under
@@ -260,7 +262,8 @@ def tree_attention(
     """
     if backend not in ("auto", "reference", "triton"):
         raise ValueError(f"attention backend must be auto, reference or triton, got {backend!r}")
-    check_inputs(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask)
+    if check:
+        check_inputs(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask)
     if backend == "auto":
         backend = "triton" if q.is_cuda and triton_available() else "reference"
     if backend == "reference":
