@@ -14,6 +14,7 @@ from pipelines.config import ConfigError, load_config
 PIPELINES = {
     "generate": ("pipelines.generate", "GenerateConfig", "generate text for one prompt, with stats"),
     "bench": ("pipelines.bench", "BenchConfig", "benchmark against Hugging Face generate"),
+    "verify-cost": ("pipelines.verify_cost", "VerifyCostConfig", "time a verifier step by draft tree size"),
 }
 
 USAGE = "usage: tandem COMMAND [CONFIG.yaml] [--flag VALUE ...] [key=value ...]\ncommands:"

@@ -41,8 +41,8 @@ def test_unknown_command_prints_usage(capsys):
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_config_file_loads(path):
-    module = {"generate": "GenerateConfig", "bench": "BenchConfig"}[path.stem]
-    cls = getattr(__import__(f"pipelines.{path.stem}", fromlist=[module]), module)
+    module_name, class_name, _ = cli.PIPELINES[path.stem.replace("_", "-")]
+    cls = getattr(__import__(module_name, fromlist=[class_name]), class_name)
     load_config(cls, path)
 
 
