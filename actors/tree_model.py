@@ -134,6 +134,17 @@ class SlotTable:
         return last_owner
 
 
+def release_sequence(runner: TreeModel, slots: SlotTable, sequences: dict, seq_id: int) -> None:
+    """Forget ``sequences[seq_id]`` (anything with ``slot`` and ``kv_len``) and free its slot; the
+    sequence in the last live slot moves into the hole, its cache with it."""
+    seq = sequences.pop(seq_id)
+    moved_id = slots.release(seq.slot)
+    if moved_id is not None:
+        moved = sequences[moved_id]
+        runner.move_slot(moved.slot, seq.slot, moved.kv_len)
+        moved.slot = seq.slot
+
+
 class TreeModel:
     """Runs tree forwards of a causal LM over a preallocated KV cache of ``slots`` sequences.
 

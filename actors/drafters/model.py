@@ -15,7 +15,7 @@ from transformers import PreTrainedModel
 
 from actors.drafters.base import Drafter
 from actors.messages import DraftBudget, DraftTree, Verdict
-from actors.tree_model import SlotTable, TreeInput, TreeModel
+from actors.tree_model import SlotTable, TreeInput, TreeModel, release_sequence
 
 
 @dataclass
@@ -70,12 +70,7 @@ class ModelDrafter(Drafter):
         self.sequences[seq_id] = _DraftSequence(self.slots.claim(seq_id), 0, list(prompt_ids))
 
     def release(self, seq_id: int) -> None:
-        seq = self.sequences.pop(seq_id)
-        moved_id = self.slots.release(seq.slot)
-        if moved_id is not None:
-            moved = self.sequences[moved_id]
-            self.runner.move_slot(moved.slot, seq.slot, moved.kv_len)
-            moved.slot = seq.slot
+        release_sequence(self.runner, self.slots, self.sequences, seq_id)
 
     def commit(self, verdicts: list[Verdict]) -> None:
         for verdict in verdicts:

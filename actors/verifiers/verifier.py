@@ -14,7 +14,7 @@ import torch
 from transformers import PreTrainedModel
 
 from actors.messages import DraftTree, SamplingParams, Verdict
-from actors.tree_model import SlotTable, TreeInput, TreeModel
+from actors.tree_model import SlotTable, TreeInput, TreeModel, release_sequence
 from actors.verifiers.acceptance import accept_greedy, accept_sampling, target_probs
 
 
@@ -83,12 +83,7 @@ class Verifier:
 
     def release(self, seq_id: int) -> None:
         """Free a sequence's slot at once; the last live slot moves into the hole."""
-        seq = self.sequences.pop(seq_id)
-        moved_id = self.slots.release(seq.slot)
-        if moved_id is not None:
-            moved = self.sequences[moved_id]
-            self.runner.move_slot(moved.slot, seq.slot, moved.kv_len)
-            moved.slot = seq.slot
+        release_sequence(self.runner, self.slots, self.sequences, seq_id)
 
     def context_len(self, seq_id: int) -> int:
         """Committed tokens of a sequence (cached + pending)."""
