@@ -11,8 +11,9 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from actors.engine import GenerationResult, GenerationStats
-from pipelines import bench
-from pipelines.bench import BEGIN, END, BenchConfig
+from pipelines import bench, bench_report
+from pipelines.bench import BenchConfig
+from pipelines.bench_report import BEGIN, END
 from pipelines.config import ConfigError, load_config
 
 # ---------------------------------------------------------------- prompts
@@ -148,9 +149,9 @@ def test_trim_eos_only_drops_a_final_eos():
 
 def test_command_line_reproduces_the_invocation(monkeypatch):
     monkeypatch.setattr("sys.argv", ["/usr/bin/tandem", "bench", "--limit", "3"])
-    assert bench.command_line() == "tandem bench --limit 3"
+    assert bench_report.command_line() == "tandem bench --limit 3"
     monkeypatch.setattr("sys.argv", ["/repo/pipelines/bench.py", "configs/bench.yaml", "limit=3"])
-    assert bench.command_line() == "python -m pipelines.bench configs/bench.yaml limit=3"
+    assert bench_report.command_line() == "python -m pipelines.bench configs/bench.yaml limit=3"
 
 
 # ---------------------------------------------------------------- docs
@@ -159,20 +160,20 @@ def test_command_line_reproduces_the_invocation(monkeypatch):
 def test_docs_section_replaces_only_its_own_block():
     other = "<!-- kernel-bench:begin -->\nkernel table\n<!-- kernel-bench:end -->\n"
     text = "# Benchmarks\n\nintro\n\n" + other
-    first = bench.upsert_section(text, "### key A\nold")
+    first = bench_report.upsert_section(text, "### key A\nold")
     assert first.startswith("# Benchmarks\n\nintro\n\n" + other) and BEGIN in first and END in first
-    second = bench.upsert_section(first, "### key B\nb")
-    third = bench.upsert_section(second, "### key A\nnew")
+    second = bench_report.upsert_section(first, "### key B\nb")
+    third = bench_report.upsert_section(second, "### key A\nnew")
     assert other in third and "intro" in third
     section = third.split(BEGIN)[1].split(END)[0]
     assert "new" in section and "old" not in section and "### key B\nb" in section
     assert section.index("key A") < section.index("key B")  # replaced in place
-    assert bench.upsert_section(third, "### key A\nnew") == third
+    assert bench_report.upsert_section(third, "### key A\nnew") == third
 
 
 def test_docs_section_before_other_sections_leaves_them_alone():
     text = f"# B\n\n{BEGIN}\n### k\nx\n{END}\n\n<!-- kernel-bench:begin -->\nK\n<!-- kernel-bench:end -->\n"
-    updated = bench.upsert_section(text, "### k\ny")
+    updated = bench_report.upsert_section(text, "### k\ny")
     assert updated == text.replace("### k\nx", "### k\ny")
 
 
