@@ -1,15 +1,20 @@
-"""Deciding which drafted tokens the verifier keeps, without changing its output distribution.
+"""Deciding which drafted tokens the verifier keeps, without changing its output.
 
-Greedy: walk the tree from the root, following the child whose token is the verifier's argmax;
-the first argmax with no matching child is the correction token.
+Both decoding modes reduce to one rule: first fix the token the verifier itself emits at every
+position of the tree, then walk from the root along the child whose token matches it; the first
+position with no matching child emits the verifier's token (the correction, or the bonus token
+after a fully accepted path).
 
-Sampling (recursive rejection sampling over a tree): at a node whose target distribution is
-``p``, try its children in order. Child ``c`` is accepted with probability ``p(c) / sum(p)``;
-on rejection ``p(c)`` is set to 0 (the residual ``max(p - q, 0)`` for a proposal ``q`` that
-put all its mass on ``c``) and the next child is tried. When every child is rejected, the
-token is drawn from the residual. Whatever the candidates are, the token emitted at each
-position is distributed exactly as ``p``: ``P(c_i) = prod_{j<i}(1 - p'(c_j)) · p'(c_i)`` telescopes
-to ``p(c_i)``. The candidates may come from any drafter, deterministic or sampled.
+- Greedy: the verifier's token is the argmax of its logits at that node.
+- Sampling: the verifier's token is drawn by the Gumbel-max trick with noise that depends only on
+  the request's seed and the token's *position* in the sequence: ``argmax(log p(v) + G_pos(v))``
+  is an exact sample of ``p``. Every node at the same depth shares its position's noise, so
+  whichever path is accepted, each emitted token is exactly the one plain sampling with the same
+  seed emits: speculative sampling reproduces non-speculative sampling token for token, and the
+  output distribution is the verifier's whatever the drafts. For a candidate ``c`` the chance of
+  acceptance is ``p(c)``, and of accepting one of a node's candidates ``sum(p(c_i))`` — the same
+  as recursive rejection sampling (SpecInfer) with deterministic drafts — without its dependence
+  of the random stream on the drafts.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import torch
 
 from actors.messages import DraftTree, SamplingParams
+
+SEED_STRIDE = 1_000_003  # separates the noise streams of neighbouring seeds
 
 
 def children_lists(parents: list[int]) -> list[list[int]]:
@@ -27,15 +34,14 @@ def children_lists(parents: list[int]) -> list[list[int]]:
     return children
 
 
-def accept_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int]:
+def accept_matching(tree: DraftTree, targets: list[int]) -> tuple[list[int], int]:
     """Accepted node indices (root → leaf) and the verifier's next token.
 
     Args:
         tree: the proposal.
-        logits: ``[T + 1, V]``: row 0 is the distribution after the last committed token,
-            row ``i + 1`` the distribution after node ``i``.
+        targets: ``T + 1`` tokens: ``targets[0]`` is the verifier's token after the last committed
+            token, ``targets[i + 1]`` its token after node ``i``.
     """
-    targets = logits.argmax(dim=-1).tolist()
     tokens = tree.tokens.tolist()
     children = children_lists(tree.parents.tolist())
     accepted: list[int] = []
@@ -46,6 +52,11 @@ def accept_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int
             return accepted, targets[row]
         accepted.append(match)
         row = match + 1
+
+
+def accept_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int]:
+    """Greedy acceptance; ``logits: [T + 1, V]`` rows as in :func:`accept_matching`."""
+    return accept_matching(tree, logits.argmax(dim=-1).tolist())
 
 
 def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
@@ -64,32 +75,36 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     return scores.softmax(dim=-1)
 
 
+def gumbel_noise(seed: int, position: int, vocab: int) -> torch.Tensor:
+    """``[vocab]`` standard Gumbel noise for one sequence position of one request."""
+    generator = torch.Generator().manual_seed((seed * SEED_STRIDE + position) % 2**63)
+    uniform = torch.rand(vocab, generator=generator, dtype=torch.float64).clamp_(min=1e-300)
+    return -torch.log(-torch.log(uniform))
+
+
+def sample_targets(probs: torch.Tensor, positions: list[int], seed: int) -> list[int]:
+    """The verifier's sampled token at every row.
+
+    Args:
+        probs: ``[R, V]`` target probabilities.
+        positions: ``[R]`` sequence position of the token each row predicts.
+        seed: the request's seed.
+    """
+    noise = {pos: gumbel_noise(seed, pos, probs.shape[-1]) for pos in set(positions)}
+    log_probs = probs.double().log()  # log 0 = -inf: a token outside top-k/top-p never wins
+    return [int((log_probs[r] + noise[pos]).argmax()) for r, pos in enumerate(positions)]
+
+
 def accept_sampling(
-    tree: DraftTree, probs: torch.Tensor, generator: torch.Generator | None
+    tree: DraftTree, probs: torch.Tensor, first_position: int, seed: int
 ) -> tuple[list[int], int]:
-    """Recursive rejection sampling over the tree (see the module docstring).
+    """Sampling acceptance (see the module docstring).
 
     Args:
         tree: the proposal.
-        probs: ``[T + 1, V]`` target probabilities, rows as in :func:`accept_greedy`.
-        generator: the request's random generator (CPU).
+        probs: ``[T + 1, V]`` target probabilities, rows as in :func:`accept_matching`.
+        first_position: position of the token row 0 predicts (the sequence's committed length).
+        seed: the request's seed.
     """
-    tokens = tree.tokens.tolist()
-    children = children_lists(tree.parents.tolist())
-    accepted: list[int] = []
-    row = 0
-    while True:
-        residual = probs[row].clone()
-        next_row = None
-        for child in children[row]:
-            mass = float(residual.sum())
-            chance = float(residual[tokens[child]]) / mass if mass > 0 else 0.0
-            if float(torch.rand((), generator=generator)) < chance:
-                next_row = child + 1
-                accepted.append(child)
-                break
-            residual[tokens[child]] = 0.0
-        if next_row is None:
-            token = int(torch.multinomial(residual, 1, generator=generator))
-            return accepted, token
-        row = next_row
+    positions = [first_position] + [first_position + int(d) for d in tree.depths()]
+    return accept_matching(tree, sample_targets(probs, positions, seed))

@@ -8,6 +8,7 @@ compaction; the rejected nodes' entries are simply overwritten later.
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ class _Sequence:
     kv_len: int  # tokens whose KV is cached
     pending: list[int]  # committed tokens not yet cached (never empty)
     params: SamplingParams
-    generator: torch.Generator | None
+    seed: int  # sampling noise; unused by greedy requests
 
 
 def step_ancestors(num_pending: int, parents: list[int]) -> tuple[torch.Tensor, list[int]]:
@@ -74,12 +75,9 @@ class Verifier:
             raise ValueError("prompt is empty")
         if seq_id in self.sequences:
             raise ValueError(f"sequence {seq_id} is already running")
-        generator = None
-        if not params.greedy:
-            generator = torch.Generator()
-            generator.manual_seed(params.seed if params.seed is not None else int(torch.seed() % 2**63))
+        seed = params.seed if params.seed is not None else secrets.randbits(31)
         slot = self.slots.claim(seq_id)
-        self.sequences[seq_id] = _Sequence(slot, 0, list(prompt_ids), params, generator)
+        self.sequences[seq_id] = _Sequence(slot, 0, list(prompt_ids), params, seed)
 
     def release(self, seq_id: int) -> None:
         """Free a sequence's slot at once; the last live slot moves into the hole."""
@@ -133,7 +131,8 @@ class Verifier:
         if seq.params.greedy:
             accepted, token = accept_greedy(tree, tree_logits)
         else:
-            accepted, token = accept_sampling(tree, target_probs(tree_logits, seq.params), seq.generator)
+            probs = target_probs(tree_logits, seq.params)
+            accepted, token = accept_sampling(tree, probs, seq.kv_len + len(seq.pending), seq.seed)
         context_tokens = context_topk = context_probs = None
         if topk:
             top = torch.topk(logits.softmax(dim=-1), topk, dim=-1)

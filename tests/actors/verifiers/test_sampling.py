@@ -12,25 +12,24 @@ import torch
 from actors.drafters.model import ModelDrafter
 from actors.engine import Engine, EngineConfig
 from actors.messages import DraftTree, SamplingParams
-from actors.verifiers.acceptance import accept_sampling, children_lists, target_probs
+from actors.verifiers.acceptance import accept_sampling, children_lists, sample_targets, target_probs
 
 # chi-square critical values at p = 0.001
 CRITICAL = {8: 26.12, 15: 37.70, 24: 51.18, 35: 66.62, 48: 84.04, 63: 103.44}
 
 
-def broken_accept_sampling(tree, probs, generator):
-    """The classic bug: after rejecting candidates, sample from p instead of the residual."""
-    tokens = tree.tokens.tolist()
-    children = children_lists(tree.parents.tolist())
+def broken_accept_sampling(tree, probs, first_position, seed):
+    """A plausible bug: also accept any drafted candidate the verifier finds likely (p >= 0.2)."""
+    positions = [first_position] + [first_position + int(d) for d in tree.depths()]
+    targets = sample_targets(probs, positions, seed)
+    tokens, children = tree.tokens.tolist(), children_lists(tree.parents.tolist())
     accepted, row = [], 0
     while True:
-        for child in children[row]:
-            if float(torch.rand((), generator=generator)) < float(probs[row, tokens[child]]):
-                accepted.append(child)
-                row = child + 1
-                break
-        else:
-            return accepted, int(torch.multinomial(probs[row], 1, generator=generator))
+        likely = [c for c in children[row] if tokens[c] == targets[row] or probs[row, tokens[c]] >= 0.2]
+        if not likely:
+            return accepted, targets[row]
+        accepted.append(likely[0])
+        row = likely[0] + 1
 
 
 def chi_square(counts: torch.Tensor, expected_probs: torch.Tensor) -> tuple[float, int]:
@@ -62,15 +61,15 @@ TREES = {
 
 
 def sample_pairs(tree: DraftTree, accept, trials: int) -> torch.Tensor:
-    """Joint counts ``[6, 6]`` of the first two tokens over ``trials`` speculative runs."""
-    generator = torch.Generator().manual_seed(1234)
+    """Joint counts ``[6, 6]`` of the first two tokens over ``trials`` speculative runs (seeds)."""
     counts = torch.zeros(6, 6)
-    for _ in range(trials):
+    for seed in range(trials):
         rows = torch.stack([FIRST] + [SECOND[t] for t in tree.tokens.tolist()])
-        accepted, token = accept(tree, rows, generator)
+        accepted, token = accept(tree, rows, 0, seed)
         emitted = [int(tree.tokens[n]) for n in accepted] + [token]
         if len(emitted) == 1:  # a second step drafts the same shape after the new token
-            accepted, token = accept(tree, torch.stack([SECOND[emitted[0]]] + [FIRST] * len(tree)), generator)
+            rows = torch.stack([SECOND[emitted[0]]] + [FIRST] * len(tree))
+            accepted, token = accept(tree, rows, 1, seed)
             emitted += [int(tree.tokens[n]) for n in accepted] + [token]
         counts[emitted[0], emitted[1]] += 1
     return counts
@@ -135,3 +134,19 @@ def test_engine_sampling_matches_target(make_tiny, tiny_tokenizer, monkeypatch, 
     counts = engine_pairs(verifier, drafter, tiny_tokenizer, 3000)
     stat, df = chi_square(counts, exact_pairs(verifier))
     assert (stat > critical(df)) if broken else (stat < critical(df))
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "model"])
+def test_seeded_sampling_equals_plain_sampling(tiny_lm, tiny_model_dir, drafter):
+    """With the same seeds, speculative sampling emits exactly what plain sampling emits."""
+    spec = f"model:{tiny_model_dir}" if drafter == "model" else drafter
+    prompts = [[5, 9, 2, 6, 5, 3] * 3, [1, 4, 1, 5], [7] * 9]
+    params = [
+        SamplingParams(max_new_tokens=20, temperature=0.8, top_p=0.95, seed=s, ignore_eos=True)
+        for s in range(3)
+    ]
+    outputs = {}
+    for name in ("none", spec):
+        engine = Engine(EngineConfig(drafter=name, max_batch_size=3, max_model_len=128), tiny_lm)
+        outputs[name] = [r.token_ids for r in engine.generate(prompts, params)]
+    assert outputs[spec] == outputs["none"]
