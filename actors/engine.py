@@ -163,17 +163,15 @@ class Engine:
     def _step(self, running: dict[int, _Request]) -> None:
         seq_ids = list(running)
         budget = self.budget.plan(len(seq_ids))
-        trees = [DraftTree.empty(seq_id) for seq_id in seq_ids]
         if self.drafter and budget.max_nodes:
-            proposed = self.drafter.propose(seq_ids, [budget] * len(seq_ids))
-            if self.budget.worth_drafting(proposed):
-                trees = proposed
-        drafted = any(len(tree) for tree in trees)
+            trees = self.drafter.propose(seq_ids, [budget] * len(seq_ids))
+        else:
+            trees = [DraftTree.empty(seq_id) for seq_id in seq_ids]
         prefill = any(len(self.verifier.sequences[s].pending) > 1 for s in seq_ids)
         start = time.perf_counter()
         verdicts = self.verifier.verify(trees, topk=self.drafter.wants_topk if self.drafter else 0)
-        if not prefill:  # a prompt's prefill would skew the decode cost fits
-            self.budget.observe(sum(len(t) + 1 for t in trees), time.perf_counter() - start, drafted)
+        if not prefill:  # a prompt's prefill would skew the decode cost fit
+            self.budget.observe(sum(len(t) + 1 for t in trees), time.perf_counter() - start)
         if self.drafter:
             self.drafter.commit(verdicts)
         for verdict in verdicts:
