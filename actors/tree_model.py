@@ -15,7 +15,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from kernels.tree_attention import pack_bits, tree_attention
+from kernels.tree_attention import dense_tree_mask, pack_bits, tree_attention
 
 ATTENTION_NAME = "tandem_tree"
 
@@ -232,11 +232,10 @@ class TreeModel:
             write_pos += range(first, first + q)
         kv_len = int((prefix_lens + tree_lens).max())
         device = self.device
-        dense = (
-            self._dense_mask(prefix_lens, tree_lens, q_lens, ancestors, kv_len)
-            if self.needs_dense_mask
-            else None
-        )
+        tree_mask = pack_bits(ancestors)
+        dense = None
+        if self.needs_dense_mask:  # built once, shared by every layer
+            dense = dense_tree_mask(prefix_lens, tree_lens, q_lens, tree_mask, kv_len)
         batch = TreeBatch(
             cache_k=self.cache_k,
             cache_v=self.cache_v,
@@ -244,7 +243,7 @@ class TreeModel:
             prefix_lens=prefix_lens.to(device),
             tree_lens=tree_lens.to(device),
             q_lens=q_lens.to(device),
-            tree_mask=pack_bits(ancestors).to(device),
+            tree_mask=tree_mask.to(device),
             dense_mask=dense.to(device) if dense is not None else None,
             write_rows=torch.tensor(write_rows, device=device),
             write_cols=torch.tensor(write_cols, device=device),
@@ -252,16 +251,3 @@ class TreeModel:
             backend=self.backend,
         )
         return batch, input_ids.to(device), position_ids.to(device)
-
-    @staticmethod
-    def _dense_mask(prefix_lens, tree_lens, q_lens, ancestors, kv_len) -> torch.Tensor:
-        """``[B, Tq, kv_len]`` bool: prefix visible, tree by ancestry; padding rows see position 0."""
-        rows, q_rows, _ = ancestors.shape
-        mask = torch.zeros(rows, q_rows, kv_len, dtype=torch.bool)
-        for b in range(rows):
-            prefix, tree = int(prefix_lens[b]), int(tree_lens[b])
-            mask[b, :, :prefix] = True
-            mask[b, :, prefix : prefix + tree] = ancestors[b, :, :tree]
-            mask[b, int(q_lens[b]) :, :] = False
-            mask[b, int(q_lens[b]) :, 0] = True
-        return mask

@@ -11,7 +11,7 @@ from actors.models import LoadedModel
 pytestmark = pytest.mark.gpu
 
 
-def gpu_model(make_tiny, dtype):
+def gpu_model(dtype):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -32,8 +32,8 @@ def gpu_model(make_tiny, dtype):
 
 
 @pytest.mark.parametrize("drafter", ["ngram", "early-exit:2"])
-def test_triton_matches_reference_end_to_end(make_tiny, tiny_tokenizer, drafter):
-    model = gpu_model(make_tiny, torch.float32)
+def test_triton_matches_reference_end_to_end(tiny_tokenizer, drafter):
+    model = gpu_model(torch.float32)
     prompts = [[(7 * i + j) % 60 for j in range(40 + 9 * i)] for i in range(3)]
     outputs = {}
     for backend in ("triton", "reference"):
