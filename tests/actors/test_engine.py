@@ -13,7 +13,7 @@ def self_drafting_engine(tiny_lm, **config):
     """Drafts with the verifier itself, so every step accepts its whole chain (5 tokens)."""
     drafter = ModelDrafter(tiny_lm.model, 8, 256, branching=1, threshold=0.0)
     settings = dict(max_model_len=256, max_draft_nodes=4, max_draft_depth=4, adaptive_budget=False)
-    return Engine(EngineConfig(**(settings | config)), tiny_lm, drafter)
+    return Engine(EngineConfig(device="cpu", **(settings | config)), tiny_lm, drafter)
 
 
 def test_max_new_tokens_is_exact_when_a_step_accepts_more(tiny_lm):
@@ -39,18 +39,18 @@ def test_seeded_sampling_reproduces_and_mixes_with_greedy(tiny_lm):
     sampled = SamplingParams(max_new_tokens=16, temperature=1.0, seed=7, ignore_eos=True)
     greedy = SamplingParams(max_new_tokens=16, ignore_eos=True)
     runs = [
-        Engine(EngineConfig(max_model_len=256, max_batch_size=2), tiny_lm).generate(
+        Engine(EngineConfig(device="cpu", max_model_len=256, max_batch_size=2), tiny_lm).generate(
             [PROMPT, PROMPT], [sampled, greedy]
         )
         for _ in range(2)
     ]
     assert runs[0][0].token_ids == runs[1][0].token_ids
-    alone = Engine(EngineConfig(max_model_len=256), tiny_lm).generate([PROMPT], greedy)
+    alone = Engine(EngineConfig(device="cpu", max_model_len=256), tiny_lm).generate([PROMPT], greedy)
     assert runs[0][1].token_ids == alone[0].token_ids
 
 
 def test_requests_beyond_the_batch_size_wait_and_finish(tiny_lm):
-    engine = Engine(EngineConfig(max_model_len=256, max_batch_size=2), tiny_lm)
+    engine = Engine(EngineConfig(device="cpu", max_model_len=256, max_batch_size=2), tiny_lm)
     results = engine.generate([PROMPT[: i + 2] for i in range(5)], SamplingParams(max_new_tokens=6))
     assert [len(r.token_ids) for r in results if r.finish_reason == "length"] == [6] * sum(
         r.finish_reason == "length" for r in results
@@ -63,6 +63,6 @@ def test_requests_beyond_the_batch_size_wait_and_finish(tiny_lm):
     [([[]], "prompt is empty"), ([list(range(60)) * 5], "max_model_len=256")],
 )
 def test_bad_prompts_are_rejected(tiny_lm, prompts, message):
-    engine = Engine(EngineConfig(max_model_len=256), tiny_lm)
+    engine = Engine(EngineConfig(device="cpu", max_model_len=256), tiny_lm)
     with pytest.raises(ValueError, match=message):
         engine.generate(prompts)

@@ -72,7 +72,9 @@ class OracleTreeDrafter(Drafter):
 @pytest.mark.parametrize("batch_size", [1, 3])
 def test_greedy_equals_plain_decoding(tiny_lm, tiny_model_dir, drafter, batch_size):
     spec = f"model:{tiny_model_dir}" if drafter == "model" else drafter
-    engine = Engine(EngineConfig(drafter=spec, max_batch_size=batch_size, max_model_len=256), tiny_lm)
+    engine = Engine(
+        EngineConfig(device="cpu", drafter=spec, max_batch_size=batch_size, max_model_len=256), tiny_lm
+    )
     batch = prompts(5)
     results = engine.generate(batch, SamplingParams(max_new_tokens=24, ignore_eos=True))
     for prompt, result in zip(batch, results):
@@ -83,7 +85,9 @@ def test_greedy_equals_plain_decoding(tiny_lm, tiny_model_dir, drafter, batch_si
 def test_greedy_trees_with_deep_acceptance(tiny_lm):
     batch = prompts(4, seed=3)
     answers = [plain_greedy(tiny_lm.model, p, 30) for p in batch]
-    config = EngineConfig(max_batch_size=2, max_model_len=256, max_draft_nodes=16, adaptive_budget=False)
+    config = EngineConfig(
+        device="cpu", max_batch_size=2, max_model_len=256, max_draft_nodes=16, adaptive_budget=False
+    )
     engine = Engine(config, tiny_lm, OracleTreeDrafter({i + 1: a for i, a in enumerate(answers)}))
     results = engine.generate(batch, SamplingParams(max_new_tokens=30, ignore_eos=True))
     assert [r.token_ids for r in results] == answers
@@ -92,7 +96,9 @@ def test_greedy_trees_with_deep_acceptance(tiny_lm):
 
 def test_self_drafting_accepts_everything(tiny_lm):
     """A drafter identical to the verifier has every greedy draft accepted."""
-    config = EngineConfig(max_model_len=256, max_draft_nodes=4, max_draft_depth=4, adaptive_budget=False)
+    config = EngineConfig(
+        device="cpu", max_model_len=256, max_draft_nodes=4, max_draft_depth=4, adaptive_budget=False
+    )
     drafter = ModelDrafter(tiny_lm.model, 8, 256, branching=1, threshold=0.0)
     engine = Engine(config, tiny_lm, drafter)
     (result,) = engine.generate(prompts(1), SamplingParams(max_new_tokens=25, ignore_eos=True))
@@ -100,10 +106,13 @@ def test_self_drafting_accepts_everything(tiny_lm):
     assert result.stats.mean_accepted_tokens == 5.0  # 4 drafts + 1 bonus per step
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="interpreter test; test_gpu_lossless covers CUDA")
 @pytest.mark.parametrize("drafter", ["ngram", "early-exit:1"])
 def test_greedy_with_the_triton_kernel(tiny_lm, drafter):
     """The verifier with the Triton tree-attention kernel (interpreted on CPU) is lossless too."""
-    config = EngineConfig(drafter=drafter, attention="triton", max_batch_size=2, max_model_len=128)
+    config = EngineConfig(
+        device="cpu", drafter=drafter, attention="triton", max_batch_size=2, max_model_len=128
+    )
     engine = Engine(config, tiny_lm)
     batch = prompts(2)
     results = engine.generate(batch, SamplingParams(max_new_tokens=12, ignore_eos=True))

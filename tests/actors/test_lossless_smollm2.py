@@ -22,7 +22,7 @@ def smollm2():
 
 @pytest.mark.parametrize("drafter", ["ngram", "early-exit:6"])
 def test_greedy_equals_hf_generate(smollm2, drafter):
-    engine = Engine(EngineConfig(drafter=drafter, max_batch_size=2, max_model_len=512), smollm2)
+    engine = Engine(EngineConfig(device="cpu", drafter=drafter, max_batch_size=2, max_model_len=512), smollm2)
     prompts = [engine.encode(p) for p in PROMPTS]
     results = engine.generate(prompts, SamplingParams(max_new_tokens=40))
     for prompt, result in zip(prompts, results):

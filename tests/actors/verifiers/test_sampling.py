@@ -103,7 +103,12 @@ def engine_pairs(verifier, draft_model, tokenizer, trials: int) -> torch.Tensor:
     from actors.models import LoadedModel
 
     config = EngineConfig(
-        max_batch_size=64, max_model_len=64, max_draft_nodes=6, max_draft_depth=3, adaptive_budget=False
+        device="cpu",
+        max_batch_size=64,
+        max_model_len=64,
+        max_draft_nodes=6,
+        max_draft_depth=3,
+        adaptive_budget=False,
     )
     drafter = ModelDrafter(draft_model, 64, 64, branching=3, threshold=0.0)
     engine = Engine(config, LoadedModel(verifier, tokenizer, "tiny"), drafter)
@@ -147,6 +152,8 @@ def test_seeded_sampling_equals_plain_sampling(tiny_lm, tiny_model_dir, drafter)
     ]
     outputs = {}
     for name in ("none", spec):
-        engine = Engine(EngineConfig(drafter=name, max_batch_size=3, max_model_len=128), tiny_lm)
+        engine = Engine(
+            EngineConfig(device="cpu", drafter=name, max_batch_size=3, max_model_len=128), tiny_lm
+        )
         outputs[name] = [r.token_ids for r in engine.generate(prompts, params)]
     assert outputs[spec] == outputs["none"]
