@@ -1,18 +1,41 @@
-"""The in-process speculative engine: propose → verify → commit over a batch of sequences."""
+"""The speculative engine: continuous batching of requests over one verifier and one drafter.
+
+Each step proposes a tree per running request, verifies all of them in one forward pass (in a
+worker thread, so the event loop keeps serving) and commits the verdicts. Requests join and
+leave between steps. With ``async_speculation`` the drafter drafts step r+1 while the verifier
+checks step r, assuming the drafter's likeliest outcome of step r; a tree whose assumption the
+verdict contradicts is thrown away and the sequence is drafted again. The drafter may live in
+this process or behind a :class:`~actors.drafters.link.DrafterLink` (another actor, another
+node); when it is unreachable the engine decodes without drafts until it answers again.
+Output never depends on the drafter: it is the verifier's, token for token.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import random
 import time
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 
 from actors.budget import BudgetController
 from actors.drafters import build_drafter, parse_drafter
 from actors.drafters.base import Drafter
-from actors.messages import DraftTree, SamplingParams, Verdict
+from actors.drafters.link import DrafterLink, DrafterUnavailable, LocalDrafter
+from actors.drafters.worker import DrafterWorker
+from actors.messages import DraftBudget, DraftCall, DraftTree, SamplingParams, Verdict
 from actors.models import LoadedModel, load_model, resolve_dtype
+from actors.requests import GenerationResult, GenerationStats, Request, RequestUpdate
 from actors.verifiers.verifier import Verifier
+
+__all__ = ["Engine", "EngineConfig", "GenerationResult", "GenerationStats", "RequestUpdate"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -31,6 +54,10 @@ class EngineConfig:
         max_draft_nodes: upper bound on a draft tree's size.
         max_draft_depth: upper bound on a draft tree's depth.
         adaptive_budget: pick each step's tree size from measured verifier cost and acceptance.
+        async_speculation: draft step r+1 while step r is verified (see the module docstring);
+            None = only when the drafter runs elsewhere (in-process, drafting ahead competes
+            with the verifier for the same cores: measured no faster on CPU).
+        drafter_retry_s: after the drafter failed to answer, decode without it this long.
     """
 
     model: str = "default"
@@ -43,62 +70,26 @@ class EngineConfig:
     max_draft_nodes: int = 32
     max_draft_depth: int = 32
     adaptive_budget: bool = True
-
-
-@dataclass
-class GenerationStats:
-    """Per-request speculation statistics."""
-
-    new_tokens: int = 0
-    steps: int = 0  # verifier forwards that extended this request (prefill included)
-    drafted: int = 0
-    accepted: int = 0
-    seconds: float = 0.0
-
-    @property
-    def mean_accepted_tokens(self) -> float:
-        """Tokens committed per verifier step (accepted drafts + the verifier's own token)."""
-        return self.new_tokens / self.steps if self.steps else 0.0
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.new_tokens / self.seconds if self.seconds else 0.0
-
-
-@dataclass
-class GenerationResult:
-    """One finished request."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # "stop" (EOS or stop string) or "length"
-    stats: GenerationStats
-
-
-@dataclass
-class _Request:
-    seq_id: int
-    prompt_ids: list[int]
-    params: SamplingParams
-    token_ids: list[int] = field(default_factory=list)
-    stats: GenerationStats = field(default_factory=GenerationStats)
-    finish_reason: str | None = None
-    text: str = ""
+    async_speculation: bool | None = None
+    drafter_retry_s: float = 2.0
 
 
 class Engine:
-    """Speculative generation with one drafter and one verifier in this process.
+    """Speculative generation over one verifier (in this process) and one drafter.
 
-    Requests join up to ``max_batch_size`` at a time and leave as soon as they finish; each
-    step proposes a tree per running request, verifies all of them in one forward pass and
-    commits the verdicts.
+    Args:
+        config: what to build.
+        loaded: an already loaded verifier (tests, tools); default: load ``config.model``.
+        drafter: a :class:`Drafter` object, or a link to a remote one, in place of
+            ``config.drafter``.
     """
 
     def __init__(
-        self, config: EngineConfig, loaded: LoadedModel | None = None, drafter: Drafter | None = None
+        self,
+        config: EngineConfig,
+        loaded: LoadedModel | None = None,
+        drafter: Drafter | DrafterLink | None = None,
     ):
-        """Build from ``config``. ``loaded`` injects an already loaded verifier and ``drafter`` a
-        drafter object in place of ``config.drafter`` (tests, tools)."""
         validate(config)
         self.config = config
         self.device = resolve_device(config.device)
@@ -107,41 +98,60 @@ class Engine:
         self.tokenizer = loaded.tokenizer
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
         self.verifier = Verifier(self.model, config.max_batch_size, config.max_model_len, config.attention)
-        self.drafter = drafter or build_drafter(config, self.model, self.device)
-        self.drafter_model = getattr(self.drafter, "assistant_model", None)
+        if drafter is None:
+            drafter = build_drafter(config, self.model, self.device)
+        self.drafter_model = getattr(drafter, "assistant_model", None)
+        self.link: DrafterLink | None = drafter
+        self._wants_topk: int | None = None
+        self.async_speculation = config.async_speculation
+        if isinstance(drafter, Drafter):
+            self.link, self._wants_topk = LocalDrafter(DrafterWorker(drafter)), drafter.wants_topk
+            self.async_speculation = bool(config.async_speculation)
+        elif self.async_speculation is None:
+            self.async_speculation = True
         self.budget = BudgetController(
-            config.max_draft_nodes if self.drafter else 0, config.max_draft_depth, config.adaptive_budget
+            config.max_draft_nodes if self.link else 0, config.max_draft_depth, config.adaptive_budget
         )
-        self._next_id = 0
+        #: steps, speculated / speculation_hits (trees drafted ahead / used), drafter_failures
+        self.counters: Counter[str] = Counter()
+        self._waiting: deque[Request] = deque()
+        self._running: dict[int, Request] = {}
+        self._ids = iter(range(random.getrandbits(20) << 32, 1 << 62))  # unique across engines
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="verifier")
+        self._task: asyncio.Task | None = None
+        self._last_tokens: dict[int, list[int]] = {}  # each running sequence's latest verdict
+        self._drafter_known: set[int] = set()
+        self._unsent_releases: list[int] = []
+        self._unsent_verdicts: list[Verdict] = []
+        self._drafter_down_until = 0.0
+
+    # -- requests -------------------------------------------------------------------------
+
+    @property
+    def num_running(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self._waiting)
 
     def encode(self, text: str, chat: bool = True) -> list[int]:
         """Token ids of a prompt, wrapped in the model's chat template when ``chat``."""
         if not text:
             raise ValueError("prompt is empty")
-        if chat and self.tokenizer.chat_template:
-            encoded = self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
-            )
-            return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        if chat:
+            return self.encode_chat([{"role": "user", "content": text}])
         return self.tokenizer.encode(text)
 
-    def generate(
-        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
-    ) -> list[GenerationResult]:
-        """Generate a continuation for every prompt (token ids); results in prompt order."""
-        params = params or SamplingParams()
-        per_request = params if isinstance(params, list) else [params] * len(prompts)
-        if len(per_request) != len(prompts):
-            raise ValueError("give one SamplingParams per prompt, or one for all")
-        requests = [self._request(ids, p) for ids, p in zip(prompts, per_request)]
-        waiting, running = list(requests), {}
-        while waiting or running:
-            while waiting and self.verifier.free_slots:
-                self._admit(waiting.pop(0), running)
-            self._step(running)
-        return [self._result(r) for r in requests]
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        """Token ids of a conversation in the model's chat template, ready for the reply."""
+        if not self.tokenizer.chat_template:
+            return self.tokenizer.encode("\n".join(m["content"] for m in messages))
+        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
-    def _request(self, prompt_ids: list[int], params: SamplingParams) -> _Request:
+    def check_prompt(self, prompt_ids: list[int]) -> None:
+        """Raise ValueError unless the prompt fits with room to generate."""
         if not prompt_ids:
             raise ValueError("prompt is empty")
         room = self.config.max_model_len - self.config.max_draft_nodes - 1
@@ -150,72 +160,215 @@ class Engine:
                 f"prompt has {len(prompt_ids)} tokens; max_model_len={self.config.max_model_len} "
                 f"leaves room for at most {room - 1}"
             )
-        self._next_id += 1
-        return _Request(self._next_id, list(prompt_ids), params)
 
-    def _admit(self, request: _Request, running: dict[int, _Request]) -> None:
-        self.verifier.add(request.seq_id, request.prompt_ids, request.params)
-        if self.drafter:
-            self.drafter.add(request.seq_id, request.prompt_ids)
-        request.stats.seconds = -time.perf_counter()
-        running[request.seq_id] = request
+    def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
+    ) -> list[GenerationResult]:
+        """Generate a continuation for every prompt (token ids); results in prompt order.
 
-    def _step(self, running: dict[int, _Request]) -> None:
-        seq_ids = list(running)
+        Blocking; for use outside an event loop. Servers use :meth:`stream`.
+        """
+        params = params or SamplingParams()
+        per_request = params if isinstance(params, list) else [params] * len(prompts)
+        if len(per_request) != len(prompts):
+            raise ValueError("give one SamplingParams per prompt, or one for all")
+        for prompt_ids in prompts:
+            self.check_prompt(prompt_ids)
+
+        async def run_all() -> list[Request]:
+            requests = [self.submit(ids, p) for ids, p in zip(prompts, per_request)]
+            while not all(r.done for r in requests):
+                await self._task
+            return requests
+
+        requests = asyncio.run(run_all())
+        failed = next((r for r in requests if r.error), None)
+        if failed:
+            raise RuntimeError(f"generation failed: {failed.error}")
+        return [r.result() for r in requests]
+
+    def submit(self, prompt_ids: list[int], params: SamplingParams, stream: bool = False) -> Request:
+        """Queue a request (call from the event loop that runs the engine)."""
+        self.check_prompt(prompt_ids)
+        request = Request(next(self._ids), list(prompt_ids), params)
+        if stream:
+            request.updates = asyncio.Queue()
+        self._waiting.append(request)
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+        return request
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestUpdate]:
+        """Yield a request's updates as steps commit tokens; the last one has ``finish_reason``.
+        Closing the iterator early (a client went away) aborts the request."""
+        request = self.submit(prompt_ids, params, stream=True)
+        try:
+            while True:
+                update = await request.updates.get()
+                yield update
+                if update.finish_reason:
+                    return
+        finally:
+            if not request.done:
+                self.abort(request.seq_id)
+
+    def abort(self, seq_id: int) -> None:
+        """Stop a request; its KV slot is freed before the next step."""
+        for request in (*self._waiting, *self._running.values()):
+            if request.seq_id == seq_id:
+                request.cancelled = True
+
+    # -- the step loop --------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        prefetched: dict[int, DraftTree] = {}
+        while True:
+            self._retire_cancelled()
+            self._admit()
+            if not self._running:
+                return
+            try:
+                prefetched = await self._step(prefetched)
+            except Exception as exc:
+                log.exception("engine step failed; failing its %d requests", len(self._running))
+                for request in list(self._running.values()):
+                    request.error = f"{type(exc).__name__}: {exc}"
+                    self._finish(request, "error")
+                prefetched = {}
+
+    def _admit(self) -> None:
+        while self._waiting and self.verifier.free_slots:
+            request = self._waiting.popleft()
+            self.verifier.add(request.seq_id, request.prompt_ids, request.params)
+            request.start()
+            self._running[request.seq_id] = request
+
+    def _retire_cancelled(self) -> None:
+        for request in [r for r in self._waiting if r.cancelled]:
+            self._waiting.remove(request)
+            request.finish("abort")
+            request.publish()
+        for request in [r for r in self._running.values() if r.cancelled]:
+            self._finish(request, "abort")
+
+    def _finish(self, request: Request, reason: str) -> None:
+        self.verifier.release(request.seq_id)
+        del self._running[request.seq_id]
+        self._last_tokens.pop(request.seq_id, None)
+        if request.seq_id in self._drafter_known:
+            self._drafter_known.discard(request.seq_id)
+            self._unsent_releases.append(request.seq_id)
+        request.finish(reason)
+        request.publish()
+
+    async def _step(self, prefetched: dict[int, DraftTree]) -> dict[int, DraftTree]:
+        """One propose → verify → commit; returns the trees drafted ahead for the next step."""
+        seq_ids = list(self._running)
         budget = self.budget.plan(len(seq_ids))
-        if self.drafter and budget.max_nodes:
-            trees = self.drafter.propose(seq_ids, [budget] * len(seq_ids))
-        else:
-            trees = [DraftTree.empty(seq_id) for seq_id in seq_ids]
+        speculate = budget.max_nodes > 0 and await self._drafter_ready()
+        trees = await self._trees(seq_ids, budget, prefetched) if speculate else {}
+        trees = [trees.get(s) or DraftTree.empty(s) for s in seq_ids]
         prefill = any(len(self.verifier.sequences[s].pending) > 1 for s in seq_ids)
+        topk = self._wants_topk if speculate else 0
         start = time.perf_counter()
-        verdicts = self.verifier.verify(trees, topk=self.drafter.wants_topk if self.drafter else 0)
+        verifying = asyncio.get_running_loop().run_in_executor(
+            self._executor, self.verifier.verify, trees, topk
+        )
+        ahead = None
+        if speculate and self.async_speculation:
+            ahead = asyncio.ensure_future(self._draft(self._guesses(trees, budget)))
+        verdicts = await verifying
         if not prefill:  # a prompt's prefill would skew the decode cost fit
             self.budget.observe(sum(len(t) + 1 for t in trees), time.perf_counter() - start)
-        if self.drafter:
-            self.drafter.commit(verdicts)
+        drafted_ahead = await ahead if ahead else []
+        self.counters["steps"] += 1
+        self.counters["speculated"] += sum(1 for t in drafted_ahead if t.assumed)
+        if self.link:
+            self._unsent_verdicts += verdicts
         for verdict in verdicts:
-            request = running[verdict.seq_id]
-            self._extend(request, verdict)
-            if request.finish_reason or self._out_of_room(request):
-                request.finish_reason = request.finish_reason or "length"
-                request.stats.seconds += time.perf_counter()
-                self.verifier.release(request.seq_id)
-                if self.drafter:
-                    self.drafter.release(request.seq_id)
-                del running[request.seq_id]
+            self._commit(self._running[verdict.seq_id], verdict)
+        return {t.seq_id: t for t in drafted_ahead if t.assumed}
 
-    def _extend(self, request: _Request, verdict: Verdict) -> None:
-        """Append a verdict's tokens, stopping at EOS, a stop string or the token limit."""
-        stats, params = request.stats, request.params
-        stats.steps += 1
-        stats.drafted += verdict.num_drafted
-        stats.accepted += verdict.num_accepted
-        for token in verdict.tokens:
-            request.token_ids.append(token)
-            if token in self.eos_ids and not params.ignore_eos:
-                request.finish_reason = "stop"
-                break
-            if len(request.token_ids) >= params.max_new_tokens:
-                request.finish_reason = "length"
-                break
-        stats.new_tokens = len(request.token_ids)
-        request.text = self.tokenizer.decode(request.token_ids, skip_special_tokens=True)
-        for stop in params.stop:
-            cut = request.text.find(stop)
-            if cut >= 0:
-                request.text = request.text[:cut]
-                request.finish_reason = "stop"
+    def _commit(self, request: Request, verdict: Verdict) -> None:
+        request.extend(verdict, self.eos_ids, self.tokenizer)
+        self._last_tokens[request.seq_id] = verdict.tokens
+        if request.done or self._out_of_room(request):
+            self._finish(request, "length")
+        else:
+            request.publish()
 
-    def _out_of_room(self, request: _Request) -> bool:
+    def _guesses(self, trees: list[DraftTree], budget: DraftBudget) -> list[tuple]:
+        """Proposals for the next step, each assuming its tree's likeliest outcome, for the
+        sequences with room for two more steps."""
+        room = 2 * (self.config.max_draft_nodes + 1)
+        return [
+            (t.seq_id, budget, t.likely_path())
+            for t in trees
+            if self.verifier.context_len(t.seq_id) + room <= self.config.max_model_len
+        ]
+
+    async def _trees(
+        self, seq_ids: list[int], budget: DraftBudget, prefetched: dict[int, DraftTree]
+    ) -> dict[int, DraftTree]:
+        """This step's trees: those drafted ahead whose assumption came true, the rest drafted now."""
+        trees, missing = {}, []
+        for seq_id in seq_ids:
+            tree = prefetched.get(seq_id)
+            if tree is not None and list(tree.assumed) == self._last_tokens.get(seq_id):
+                trees[seq_id] = tree
+                self.counters["speculation_hits"] += 1
+            else:
+                missing.append(seq_id)
+        if missing:
+            trees |= {t.seq_id: t for t in await self._draft([(s, budget, None) for s in missing])}
+        return trees
+
+    async def _drafter_ready(self) -> bool:
+        if self.link is None or time.monotonic() < self._drafter_down_until:
+            return False
+        if self._wants_topk is None:
+            try:
+                self._wants_topk = int((await self.link.info())["wants_topk"])
+            except DrafterUnavailable as exc:
+                return self._drafter_failed(exc)
+        return True
+
+    async def _draft(self, proposals: list[tuple]) -> list[DraftTree]:
+        """Send the drafter everything it has not seen yet plus ``proposals``; its trees."""
+        adds = [
+            (s, r.prompt_ids + r.token_ids) for s, r in self._running.items() if s not in self._drafter_known
+        ]
+        added = {s for s, _ in adds}
+        call = DraftCall(
+            adds=adds,
+            releases=self._unsent_releases,
+            verdicts=[v for v in self._unsent_verdicts if v.seq_id not in added],
+            proposals=proposals,
+        )
+        self._unsent_releases, self._unsent_verdicts = [], []
+        self._drafter_known |= added
+        try:
+            reply = await self.link.draft(call)
+        except DrafterUnavailable as exc:
+            return self._drafter_failed(exc) or []
+        self._drafter_known -= set(reply.unknown)
+        return reply.trees
+
+    def _drafter_failed(self, exc: Exception) -> bool:
+        """Decode without drafts for a while; re-seed the drafter when it answers again."""
+        log.warning(
+            "drafter unavailable (%s); decoding without drafts for %.1fs", exc, self.config.drafter_retry_s
+        )
+        self.counters["drafter_failures"] += 1
+        self._drafter_down_until = time.monotonic() + self.config.drafter_retry_s
+        self._drafter_known.clear()
+        self._unsent_releases, self._unsent_verdicts = [], []
+        return False
+
+    def _out_of_room(self, request: Request) -> bool:
         """True when one more step (a tree plus its token) could overflow the KV cache."""
         used = self.verifier.context_len(request.seq_id)
         return used + self.config.max_draft_nodes + 1 > self.config.max_model_len
-
-    def _result(self, request: _Request) -> GenerationResult:
-        return GenerationResult(
-            request.text, request.token_ids, request.finish_reason or "length", request.stats
-        )
 
 
 def validate(config: EngineConfig) -> None:

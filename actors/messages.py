@@ -93,20 +93,25 @@ class DraftTree:
         draft_probs: ``[T]`` float32, the drafter's confidence in each token given its
             path (its probability, or an estimate). Acceptance stays lossless whatever
             these hold; they drive the draft budget.
+        assumed: tokens this tree takes as committed before its root without their being so
+            yet (asynchronous speculation: a guess at the verdict of the step in flight). The
+            tree is only usable when that verdict's tokens equal them; empty = none assumed.
     """
 
     seq_id: int
     tokens: torch.Tensor
     parents: torch.Tensor
     draft_probs: torch.Tensor
+    assumed: tuple[int, ...] = ()
 
     @staticmethod
-    def empty(seq_id: int) -> DraftTree:
+    def empty(seq_id: int, assumed: tuple[int, ...] = ()) -> DraftTree:
         return DraftTree(
             seq_id,
             torch.zeros(0, dtype=torch.long),
             torch.zeros(0, dtype=torch.long),
             torch.zeros(0, dtype=torch.float32),
+            assumed,
         )
 
     @staticmethod
@@ -122,6 +127,18 @@ class DraftTree:
 
     def __len__(self) -> int:
         return int(self.tokens.numel())
+
+    def likely_path(self) -> list[int]:
+        """The drafted tokens of the root-to-leaf path taken by following, from the root, the
+        most confident child each time: the drafter's best guess at what will be accepted."""
+        children: dict[int, list[int]] = {}
+        for node, parent in enumerate(self.parents.tolist()):
+            children.setdefault(parent, []).append(node)
+        probs, tokens, path, node = self.draft_probs.tolist(), self.tokens.tolist(), [], -1
+        while node in children:
+            node = max(children[node], key=probs.__getitem__)
+            path.append(tokens[node])
+        return path
 
     def depths(self) -> torch.Tensor:
         """``[T]`` int64 depth of each node; roots have depth 1."""
@@ -159,3 +176,40 @@ class Verdict:
     @property
     def num_accepted(self) -> int:
         return len(self.accepted_nodes)
+
+
+@dataclass(frozen=True)
+class DraftCall:
+    """Everything the engine asks of a (possibly remote) drafter in one step, applied in order:
+    forget ``releases``, start ``adds``, commit ``verdicts``, then propose one tree per entry of
+    ``proposals``. One call per step keeps the drafter's state in step with the engine's even
+    when calls cross a network.
+
+    Attributes:
+        adds: ``(seq_id, committed tokens)`` of sequences to start tracking (also used to
+            re-seed a drafter that lost its state, e.g. after a restart).
+        releases: sequences to forget.
+        verdicts: the verdicts not yet committed to the drafter, oldest first.
+        proposals: ``(seq_id, budget, assume)``: the tree wanted; ``assume`` not None asks for a
+            tree drafted as if those tokens (then the drafter's own guess at the verifier's next
+            token) were committed — see :attr:`DraftTree.assumed`.
+    """
+
+    adds: list[tuple[int, list[int]]] = field(default_factory=list)
+    releases: list[int] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
+    proposals: list[tuple[int, DraftBudget, list[int] | None]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DraftReply:
+    """The drafter's answer to a :class:`DraftCall`.
+
+    Attributes:
+        trees: one per proposal, in order (an empty tree for an unknown sequence).
+        unknown: sequences the call referred to that this drafter does not hold (it restarted,
+            or is a different replica); the engine re-adds them with their committed tokens.
+    """
+
+    trees: list[DraftTree]
+    unknown: list[int] = field(default_factory=list)

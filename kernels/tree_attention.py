@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 
 import torch
 
@@ -224,6 +225,9 @@ def check_inputs(
             )
 
 
+_INTERPRETER_LOCK = threading.Lock()
+
+
 def triton_available() -> bool:
     """Whether the Triton kernel module can be imported here."""
     try:
@@ -277,4 +281,7 @@ def tree_attention(
         )
     from kernels.tree_attention_triton import tree_attention_triton
 
-    return tree_attention_triton(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale)
+    if q.is_cuda:
+        return tree_attention_triton(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale)
+    with _INTERPRETER_LOCK:  # Triton's CPU interpreter patches global state: one launch at a time
+        return tree_attention_triton(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale)

@@ -24,8 +24,17 @@ class Drafter(ABC):
         """Start tracking a sequence whose committed tokens so far are ``prompt_ids``."""
 
     @abstractmethod
-    def propose(self, seq_ids: list[int], budgets: list[DraftBudget]) -> list[DraftTree]:
-        """One tree per sequence, each within its budget (``max_nodes == 0`` → empty tree)."""
+    def propose(
+        self, seq_ids: list[int], budgets: list[DraftBudget], assume: list[list[int] | None] | None = None
+    ) -> list[DraftTree]:
+        """One tree per sequence, each within its budget (``max_nodes == 0`` → empty tree).
+
+        ``assume[i]``, when given and not None, asks for a tree drafted as if those tokens and
+        then the drafter's own guess at the next one were committed (asynchronous
+        speculation); the tree records them in :attr:`DraftTree.assumed` and the drafter's
+        committed state is left unchanged. A drafter that cannot do this returns trees without
+        ``assumed``, which the engine never mistakes for a correct guess.
+        """
 
     @abstractmethod
     def commit(self, verdicts: list[Verdict]) -> None:

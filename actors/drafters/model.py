@@ -8,7 +8,7 @@ are never drafted (SpecDec++-style stopping).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from transformers import PreTrainedModel
@@ -23,6 +23,7 @@ class _DraftSequence:
     slot: int
     kv_len: int
     pending: list[int]  # committed tokens not yet in the drafter's cache
+    next_probs: torch.Tensor | None = None  # ``[V]`` after the cached tokens, once computed
 
 
 @dataclass
@@ -77,8 +78,20 @@ class ModelDrafter(Drafter):
             self.sequences[verdict.seq_id].pending += verdict.tokens
 
     @torch.inference_mode()
-    def propose(self, seq_ids: list[int], budgets: list[DraftBudget]) -> list[DraftTree]:
+    def propose(
+        self, seq_ids: list[int], budgets: list[DraftBudget], assume: list[list[int] | None] | None = None
+    ) -> list[DraftTree]:
+        assume = assume or [None] * len(seq_ids)
+        assumed = {s: list(a) for s, a in zip(seq_ids, assume) if a is not None}
+        saved = {s: replace(self.sequences[s]) for s in assumed}  # committed state, restored below
+        for seq_id, tokens in assumed.items():
+            self.sequences[seq_id].pending = self.sequences[seq_id].pending + tokens
         roots = self._catch_up(seq_ids)
+        if assumed:  # feed each guess at the verifier's next token, then draft below it
+            for seq_id in assumed:
+                assumed[seq_id].append(int(roots[seq_id].argmax()))
+                self.sequences[seq_id].pending = assumed[seq_id][-1:]
+            roots |= self._catch_up(list(assumed))
         trees = {seq_id: _Tree() for seq_id in seq_ids}
         limits = dict(zip(seq_ids, budgets))
         # candidates[seq_id] = [(score, token, parent)] for the next level
@@ -95,7 +108,9 @@ class ModelDrafter(Drafter):
             for s, nodes in grow.items():
                 for node, row in zip(nodes, probs[s]):
                     candidates[s] += self._children(row, node, trees[s].scores[node])
-        return [self._as_draft(s, trees[s]) for s in seq_ids]
+        # Back to the committed state; the assumed tokens' KV is left behind, to be overwritten.
+        self.sequences |= saved
+        return [self._as_draft(s, trees[s], tuple(assumed.get(s, ()))) for s in seq_ids]
 
     def _catch_up(self, seq_ids: list[int]) -> dict[int, torch.Tensor]:
         """Feed each sequence's pending tokens; return its next-token distribution ``[V]``."""
@@ -103,17 +118,20 @@ class ModelDrafter(Drafter):
         for seq_id in seq_ids:
             seq = self.sequences[seq_id]
             m = len(seq.pending)
-            ancestors = torch.ones(m, m, dtype=torch.bool).tril()
-            positions = list(range(seq.kv_len, seq.kv_len + m))
-            inputs.append(TreeInput(seq.slot, seq.kv_len, m, seq.pending, positions, ancestors))
-        hidden = self.runner.forward(inputs)
-        last = torch.stack([hidden[item.slot, len(item.tokens) - 1] for item in inputs])
-        probs = self.runner.logits(last).softmax(dim=-1).cpu()
-        for seq_id in seq_ids:
-            seq = self.sequences[seq_id]
-            seq.kv_len += len(seq.pending)
-            seq.pending = []
-        return dict(zip(seq_ids, probs))
+            if m:  # nothing new: the distribution computed last time still holds
+                ancestors = torch.ones(m, m, dtype=torch.bool).tril()
+                positions = list(range(seq.kv_len, seq.kv_len + m))
+                inputs.append(TreeInput(seq.slot, seq.kv_len, m, seq.pending, positions, ancestors))
+        if inputs:
+            hidden = self.runner.forward(inputs)
+            last = torch.stack([hidden[item.slot, len(item.tokens) - 1] for item in inputs])
+            probs = self.runner.logits(last).softmax(dim=-1).cpu()
+            fed = [s for s in seq_ids if self.sequences[s].pending]
+            for seq_id, row in zip(fed, probs):
+                seq = self.sequences[seq_id]
+                seq.kv_len += len(seq.pending)
+                seq.pending, seq.next_probs = [], row
+        return {seq_id: self.sequences[seq_id].next_probs for seq_id in seq_ids}
 
     def _children(self, probs: torch.Tensor, parent: int, score: float) -> list[tuple[float, int, int]]:
         top = torch.topk(probs, self.branching)
@@ -165,10 +183,11 @@ class ModelDrafter(Drafter):
         return out
 
     @staticmethod
-    def _as_draft(seq_id: int, tree: _Tree) -> DraftTree:
+    def _as_draft(seq_id: int, tree: _Tree, assumed: tuple[int, ...]) -> DraftTree:
         return DraftTree(
             seq_id,
             torch.tensor(tree.tokens, dtype=torch.long),
             torch.tensor(tree.parents, dtype=torch.long),
             torch.tensor(tree.scores, dtype=torch.float32),
+            assumed,
         )

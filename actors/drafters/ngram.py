@@ -9,6 +9,7 @@ best-first search over path confidence, whose per-source calibration is learned 
 from __future__ import annotations
 
 import heapq
+from dataclasses import replace
 from itertools import islice
 
 import torch
@@ -27,16 +28,17 @@ _Children = dict[int, list]
 
 
 class _Sequence:
-    """One sequence's committed history, its n-gram index and the tree last proposed for it."""
+    """One sequence's committed history, its n-gram index and the trees last proposed for it."""
 
-    __slots__ = ("history", "index", "last_tree")
+    __slots__ = ("history", "index", "proposed")
 
     def __init__(self) -> None:
         self.history: list[int] = []
         #: n-gram (a tuple, 1 <= n <= max_ngram) -> positions of its last token, oldest first.
         self.index: dict[tuple[int, ...], list[int]] = {}
-        #: (parents, credits) of the last nonempty tree proposed, for learning acceptance.
-        self.last_tree: tuple[list[int], list[tuple]] | None = None
+        #: history length at a tree's root -> (parents, credits) of the nonempty tree proposed
+        #: there, for learning acceptance when its verdict is committed.
+        self.proposed: dict[int, tuple[list[int], list[tuple]]] = {}
 
     def extend(self, tokens: list[int], max_ngram: int) -> None:
         """Append committed tokens and index every n-gram they end."""
@@ -46,6 +48,17 @@ class _Sequence:
             end = len(history) - 1
             for n in range(1, min(max_ngram, end + 1) + 1):
                 index.setdefault(tuple(history[end - n + 1 :]), []).append(end)
+
+    def truncate(self, length: int, max_ngram: int) -> None:
+        """Undo :meth:`extend` back to ``length`` tokens (the index entries are the newest)."""
+        history, index = self.history, self.index
+        for end in range(len(history) - 1, length - 1, -1):
+            for n in range(1, min(max_ngram, end + 1) + 1):
+                key = tuple(history[end - n + 1 : end + 1])
+                index[key].pop()
+                if not index[key]:
+                    del index[key]
+        del history[length:]
 
 
 class NgramDrafter(Drafter):
@@ -119,10 +132,34 @@ class NgramDrafter(Drafter):
             self._learn_adjacency(verdict)
             sequence.extend(verdict.tokens, self.max_ngram)
 
-    def propose(self, seq_ids: list[int], budgets: list[DraftBudget]) -> list[DraftTree]:
+    def propose(
+        self, seq_ids: list[int], budgets: list[DraftBudget], assume: list[list[int] | None] | None = None
+    ) -> list[DraftTree]:
         if len(seq_ids) != len(budgets):
             raise ValueError(f"{len(seq_ids)} sequences but {len(budgets)} budgets")
-        return [self._propose_one(seq_id, budget) for seq_id, budget in zip(seq_ids, budgets, strict=True)]
+        assume = assume or [None] * len(seq_ids)
+        return [
+            self._propose_one(seq_id, budget)
+            if tokens is None
+            else self._propose_assuming(seq_id, budget, tokens)
+            for seq_id, budget, tokens in zip(seq_ids, budgets, assume, strict=True)
+        ]
+
+    def _propose_assuming(self, seq_id: int, budget: DraftBudget, assumed: list[int]) -> DraftTree:
+        """A tree rooted after ``assumed`` and this drafter's best guess at the token after it."""
+        sequence = self._sequence(seq_id)
+        committed = len(sequence.history)
+        sequence.extend(assumed, self.max_ngram)
+        try:
+            candidates = self._root_children(sequence) if sequence.history else {}
+            if not candidates:
+                return DraftTree.empty(seq_id)
+            guess = max(candidates, key=lambda token: candidates[token][0])
+            sequence.extend([guess], self.max_ngram)
+            tree = self._propose_one(seq_id, budget)
+        finally:
+            sequence.truncate(committed, self.max_ngram)
+        return replace(tree, assumed=(*assumed, guess))
 
     # -- building a tree --------------------------------------------------------------------
 
@@ -134,7 +171,7 @@ class NgramDrafter(Drafter):
 
     def _propose_one(self, seq_id: int, budget: DraftBudget) -> DraftTree:
         sequence = self._sequence(seq_id)
-        sequence.last_tree = None
+        sequence.proposed.pop(len(sequence.history), None)
         if budget.max_nodes <= 0 or budget.max_depth <= 0 or not sequence.history:
             return DraftTree.empty(seq_id)
         tokens, parents, depths, confidences, credits = [], [], [], [], []
@@ -239,7 +276,7 @@ class NgramDrafter(Drafter):
         order = sorted(range(len(tokens)), key=depths.__getitem__)
         new_index = {old: new for new, old in enumerate(order)}
         bfs_parents = [new_index[parents[i]] if parents[i] >= 0 else -1 for i in order]
-        sequence.last_tree = (bfs_parents, [credits[i] for i in order])
+        sequence.proposed[len(sequence.history)] = (bfs_parents, [credits[i] for i in order])
         return DraftTree(
             seq_id,
             torch.tensor([tokens[i] for i in order], dtype=torch.long),
@@ -251,10 +288,13 @@ class NgramDrafter(Drafter):
 
     def _learn_acceptance(self, sequence: _Sequence, verdict: Verdict) -> None:
         """Credit each drafted node whose parent was accepted: a trial of its edge kinds."""
-        last_tree, sequence.last_tree = sequence.last_tree, None
-        if last_tree is None or len(last_tree[0]) != verdict.num_drafted:
+        root = len(sequence.history)
+        tree = sequence.proposed.pop(root, None)
+        for stale in [key for key in sequence.proposed if key <= root]:
+            del sequence.proposed[stale]
+        if tree is None or len(tree[0]) != verdict.num_drafted:
             return  # not the tree we proposed (or none): nothing to learn from
-        parents, credits = last_tree
+        parents, credits = tree
         accepted = set(verdict.accepted_nodes)
         for node, parent in enumerate(parents):
             if parent < 0 or parent in accepted:

@@ -34,10 +34,12 @@ class OracleTreeDrafter(Drafter):
     """Drafts trees that hide the true continuation among decoys at random places, so acceptance
     walks deep paths through non-first branches and compaction moves KV around."""
 
-    def __init__(self, answers: dict[int, list[int]], seed: int = 0):
-        self.answers, self.rng, self.done = answers, random.Random(seed), {}
+    def __init__(self, answers: dict[tuple[int, ...], list[int]], seed: int = 0):
+        self.by_prompt, self.answers = answers, {}
+        self.rng, self.done = random.Random(seed), {}
 
     def add(self, seq_id, prompt_ids):
+        self.answers[seq_id] = self.by_prompt[tuple(prompt_ids)]
         self.done[seq_id] = 0
 
     def release(self, seq_id):
@@ -47,7 +49,7 @@ class OracleTreeDrafter(Drafter):
         for verdict in verdicts:
             self.done[verdict.seq_id] += len(verdict.tokens)
 
-    def propose(self, seq_ids, budgets):
+    def propose(self, seq_ids, budgets, assume=None):
         return [self._tree(s, b.max_nodes) for s, b in zip(seq_ids, budgets)]
 
     def _tree(self, seq_id, max_nodes):
@@ -88,7 +90,7 @@ def test_greedy_trees_with_deep_acceptance(tiny_lm):
     config = EngineConfig(
         device="cpu", max_batch_size=2, max_model_len=256, max_draft_nodes=16, adaptive_budget=False
     )
-    engine = Engine(config, tiny_lm, OracleTreeDrafter({i + 1: a for i, a in enumerate(answers)}))
+    engine = Engine(config, tiny_lm, OracleTreeDrafter({tuple(p): a for p, a in zip(batch, answers)}))
     results = engine.generate(batch, SamplingParams(max_new_tokens=30, ignore_eos=True))
     assert [r.token_ids for r in results] == answers
     assert sum(r.stats.accepted for r in results) > 40  # deep paths were accepted

@@ -1,0 +1,54 @@
+"""The drafter side of the engine's one-call-per-step protocol (:class:`DraftCall`).
+
+A :class:`DrafterWorker` wraps any :class:`Drafter`; it is what runs inside a drafter actor or
+Serve replica. It never fails a call for a sequence it does not know (a restarted actor, another
+replica): it answers with an empty tree and names the sequence, and the engine re-seeds it.
+"""
+
+from __future__ import annotations
+
+from actors.drafters.base import Drafter
+from actors.messages import DraftCall, DraftReply, DraftTree
+
+
+class DrafterWorker:
+    """Applies :class:`DraftCall` messages to a drafter.
+
+    Args:
+        drafter: the drafter to drive.
+    """
+
+    def __init__(self, drafter: Drafter):
+        self.drafter = drafter
+        self.known: set[int] = set()
+
+    @property
+    def wants_topk(self) -> int:
+        return self.drafter.wants_topk
+
+    def info(self) -> dict:
+        """What the engine needs to know about this drafter."""
+        return {"wants_topk": self.drafter.wants_topk, "kind": type(self.drafter).__name__}
+
+    def draft(self, call: DraftCall) -> DraftReply:
+        """Apply ``call`` (releases, adds, verdicts, then proposals) and answer it."""
+        for seq_id in call.releases:
+            if seq_id in self.known:
+                self.drafter.release(seq_id)
+                self.known.discard(seq_id)
+        for seq_id, tokens in call.adds:
+            if seq_id in self.known:
+                self.drafter.release(seq_id)
+            self.drafter.add(seq_id, tokens)
+            self.known.add(seq_id)
+        unknown = sorted({v.seq_id for v in call.verdicts} - self.known)
+        known_verdicts = [v for v in call.verdicts if v.seq_id in self.known]
+        if known_verdicts:
+            self.drafter.commit(known_verdicts)
+        proposals = [p for p in call.proposals if p[0] in self.known]
+        unknown += sorted({p[0] for p in call.proposals} - self.known - set(unknown))
+        trees = {}
+        if proposals:
+            seq_ids, budgets, assume = (list(column) for column in zip(*proposals))
+            trees = {t.seq_id: t for t in self.drafter.propose(seq_ids, budgets, assume)}
+        return DraftReply([trees.get(p[0]) or DraftTree.empty(p[0]) for p in call.proposals], unknown)

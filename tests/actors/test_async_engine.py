@@ -1,0 +1,108 @@
+"""Asynchronous speculation, remote-drafter faults and streaming: output stays the verifier's."""
+
+import asyncio
+
+import pytest
+
+from actors.drafters.link import DrafterUnavailable, LocalDrafter
+from actors.drafters.model import ModelDrafter
+from actors.drafters.ngram import NgramDrafter, _Sequence
+from actors.drafters.worker import DrafterWorker
+from actors.engine import Engine, EngineConfig
+from actors.messages import DraftBudget, DraftCall, SamplingParams
+from tests.actors.test_lossless import plain_greedy, prompts
+
+GREEDY = SamplingParams(max_new_tokens=24, ignore_eos=True)
+
+
+def config(**overrides) -> EngineConfig:
+    return EngineConfig(device="cpu", max_model_len=256, max_batch_size=3, **overrides)
+
+
+@pytest.mark.parametrize("drafter", ["ngram", "model"])
+def test_drafting_ahead_is_used_and_lossless(tiny_lm, drafter):
+    """The verifier itself as the model drafter guesses every outcome right, so trees drafted
+    ahead must be used (the n-gram drafter rarely guesses a random model right). Output equals
+    plain decoding either way."""
+    if drafter == "model":
+        draft = ModelDrafter(tiny_lm.model, 8, 256, branching=1, threshold=0.0)
+    else:
+        draft = NgramDrafter()
+    settings = dict(max_draft_nodes=4, max_draft_depth=4, adaptive_budget=False, async_speculation=True)
+    engine = Engine(config(**settings), tiny_lm, draft)
+    batch = prompts(4, seed=5)
+    results = engine.generate(batch, GREEDY)
+    assert [r.token_ids for r in results] == [plain_greedy(tiny_lm.model, p, 24) for p in batch]
+    assert engine.counters["speculated"] > 0
+    if drafter == "model":  # every guess is right (the last steps' guesses go unused)
+        assert engine.counters["speculation_hits"] >= engine.counters["speculated"] - len(batch)
+
+
+class FlakyLink(LocalDrafter):
+    """A remote drafter that loses its state and fails now and then, like a restarting actor."""
+
+    def __init__(self, worker: DrafterWorker, fail_every: int):
+        super().__init__(worker)
+        self.calls, self.fail_every = 0, fail_every
+
+    async def draft(self, call: DraftCall):
+        self.calls += 1
+        if self.calls % self.fail_every == 0:
+            for seq_id in list(self.worker.known):  # the actor died: everything it held is gone
+                self.worker.drafter.release(seq_id)
+            self.worker.known.clear()
+            raise DrafterUnavailable("actor died")
+        return await super().draft(call)
+
+
+def test_a_failing_drafter_degrades_to_plain_decoding_and_is_reseeded(tiny_lm):
+    link = FlakyLink(DrafterWorker(NgramDrafter()), fail_every=4)
+    engine = Engine(config(drafter_retry_s=0.0, async_speculation=True), tiny_lm, link)
+    batch = prompts(4, seed=6)
+    results = engine.generate(batch, GREEDY)
+    assert [r.token_ids for r in results] == [plain_greedy(tiny_lm.model, p, 24) for p in batch]
+    assert engine.counters["drafter_failures"] >= 2
+    assert sum(r.stats.drafted for r in results) > 0  # it came back and drafted again
+
+
+def test_worker_names_sequences_it_does_not_hold():
+    worker = DrafterWorker(NgramDrafter())
+    reply = worker.draft(DraftCall(proposals=[(7, DraftBudget(4, 4), None)]))
+    assert reply.unknown == [7] and len(reply.trees[0]) == 0
+    reply = worker.draft(DraftCall(adds=[(7, [1, 2, 3, 1, 2])], proposals=[(7, DraftBudget(4, 4), None)]))
+    assert reply.unknown == [] and reply.trees[0].tokens.tolist()[:1] == [3]
+
+
+def test_ngram_history_is_restored_after_drafting_ahead():
+    sequence = _Sequence()
+    sequence.extend([5, 6, 7, 5, 6], max_ngram=3)
+    before = (list(sequence.history), {k: list(v) for k, v in sequence.index.items()})
+    sequence.extend([7, 8, 5], max_ngram=3)
+    sequence.truncate(5, max_ngram=3)
+    assert (sequence.history, sequence.index) == before
+
+
+def test_stream_yields_the_generated_text_and_closing_it_aborts(tiny_lm):
+    engine = Engine(config(), tiny_lm, NgramDrafter())
+    (whole,) = engine.generate([prompts(1)[0]], GREEDY)
+
+    async def consume(limit=None):
+        updates = []
+        async for update in engine.stream(prompts(1)[0], GREEDY):
+            updates.append(update)
+            if limit and len(updates) == limit:
+                break
+        return updates
+
+    updates = asyncio.run(consume())
+    assert "".join(u.text for u in updates) == whole.text
+    assert sum((u.token_ids for u in updates), []) == whole.token_ids
+    assert updates[-1].finish_reason == "length" and updates[-1].stats.new_tokens == 24
+
+    async def abort_early():
+        await consume(limit=1)
+        await asyncio.sleep(0.3)  # the loop retires the request between steps
+        return engine.num_running + engine.num_waiting
+
+    assert asyncio.run(abort_early()) == 0
+    assert engine.verifier.free_slots == 3
