@@ -166,22 +166,23 @@ class Engine:
     ) -> list[GenerationResult]:
         """Generate a continuation for every prompt (token ids); results in prompt order.
 
-        Blocking; for use outside an event loop. Servers use :meth:`stream`.
+        Blocking, for use outside an event loop; inside one, await :meth:`generate_async`.
         """
+        return asyncio.run(self.generate_async(prompts, params))
+
+    async def generate_async(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
+    ) -> list[GenerationResult]:
+        """:meth:`generate` for callers already in an event loop (actors, servers)."""
         params = params or SamplingParams()
         per_request = params if isinstance(params, list) else [params] * len(prompts)
         if len(per_request) != len(prompts):
             raise ValueError("give one SamplingParams per prompt, or one for all")
         for prompt_ids in prompts:
             self.check_prompt(prompt_ids)
-
-        async def run_all() -> list[Request]:
-            requests = [self.submit(ids, p) for ids, p in zip(prompts, per_request)]
-            while not all(r.done for r in requests):
-                await self._task
-            return requests
-
-        requests = asyncio.run(run_all())
+        requests = [self.submit(ids, p) for ids, p in zip(prompts, per_request)]
+        while not all(r.done for r in requests):
+            await asyncio.shield(self._task)
         failed = next((r for r in requests if r.error), None)
         if failed:
             raise RuntimeError(f"generation failed: {failed.error}")

@@ -12,6 +12,7 @@ import sys
 from pipelines.config import ConfigError, load_config
 
 PIPELINES = {
+    "serve": ("pipelines.serve", "ServeConfig", "serve the OpenAI-compatible endpoint on a local Ray"),
     "generate": ("pipelines.generate", "GenerateConfig", "generate text for one prompt, with stats"),
     "bench": ("pipelines.bench", "BenchConfig", "benchmark against Hugging Face generate"),
     "verify-cost": ("pipelines.verify_cost", "VerifyCostConfig", "time a verifier step by draft tree size"),

@@ -31,8 +31,12 @@ def parse_drafter(spec: str) -> tuple[str, str]:
     return kind, arg
 
 
-def build_drafter(config: EngineConfig, verifier: PreTrainedModel, device: torch.device) -> Drafter | None:
-    """The drafter ``config.drafter`` names, placed on ``device`` (None for ``none``)."""
+def build_drafter(
+    config: EngineConfig, verifier: PreTrainedModel | None, device: torch.device
+) -> Drafter | None:
+    """The drafter ``config.drafter`` names, placed on ``device`` (None for ``none``).
+    ``verifier`` is needed by ``early-exit``; given, a model drafter's vocabulary is checked
+    against it."""
     from actors.drafters.model import ModelDrafter
     from actors.drafters.ngram import NgramDrafter
     from actors.models import load_model
@@ -45,10 +49,12 @@ def build_drafter(config: EngineConfig, verifier: PreTrainedModel, device: torch
     if kind == "ngram":
         return NgramDrafter()
     if kind == "early-exit":
+        if verifier is None:
+            raise ValueError("drafter 'early-exit' runs inside the verifier; it needs the verifier model")
         view = truncated_view(verifier, int(arg or DEFAULT_EARLY_EXIT_LAYERS))
         return ModelDrafter(view, slots, length, attention=config.attention)
     draft = load_model(arg, config.dtype).model.to(device)
-    if draft.config.vocab_size != verifier.config.vocab_size:
+    if verifier is not None and draft.config.vocab_size != verifier.config.vocab_size:
         raise ValueError(
             f"drafter {arg} has vocab_size {draft.config.vocab_size}, the verifier "
             f"{verifier.config.vocab_size}: a drafter must share the verifier's tokenizer"

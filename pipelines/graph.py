@@ -1,0 +1,169 @@
+"""The actor graph on Ray: a drafter actor and an engine actor (the verifier), placed by config.
+
+The same two classes run as plain Ray actors (:func:`start_graph`, for jobs and tests) and as
+Ray Serve deployments (``pipelines/serve.py``). The engine actor reaches its drafter through
+:class:`RemoteDrafter`, which turns any failure or timeout of the remote call into
+:class:`~actors.drafters.link.DrafterUnavailable`: the engine then decodes without drafts
+(still lossless) until the drafter, restarted by Ray, answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import ray
+
+from actors.drafters import build_drafter, parse_drafter
+from actors.drafters.link import DrafterUnavailable
+from actors.drafters.worker import DrafterWorker
+from actors.engine import Engine, EngineConfig, GenerationResult, RequestUpdate
+from actors.messages import DraftCall, DraftReply, SamplingParams
+
+
+@dataclass
+class Placement:
+    """Where an actor may run: Ray resources, so placement is configuration, not code.
+
+    Attributes:
+        num_cpus: CPU cores reserved.
+        num_gpus: GPUs reserved (fractions share one).
+        accelerator_type: a Ray accelerator type such as ``H100`` or ``L4``; None = any.
+        resources: custom resources the node must offer, e.g. ``{drafter_node: 1}``.
+    """
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    accelerator_type: str | None = None
+    resources: dict[str, float] = field(default_factory=dict)
+
+    def ray_options(self) -> dict:
+        """Options for ``ray.remote(...).options`` and Serve's ``ray_actor_options``."""
+        options = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.accelerator_type:
+            options["accelerator_type"] = self.accelerator_type
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
+
+
+def remote_drafter_kind(config: EngineConfig) -> bool:
+    """Whether ``config.drafter`` runs in its own actor. ``early-exit`` reuses the verifier's
+    layers and ``none`` drafts nothing: both stay with the engine."""
+    return parse_drafter(config.drafter)[0] in ("ngram", "model")
+
+
+class DrafterServer(DrafterWorker):
+    """A drafter actor / Serve replica: builds the configured drafter and answers draft calls."""
+
+    def __init__(self, config: EngineConfig):
+        if not remote_drafter_kind(config):
+            raise ValueError(f"drafter {config.drafter!r} runs with the verifier, not in its own actor")
+        from actors.engine import resolve_device
+
+        super().__init__(build_drafter(config, None, resolve_device(config.device)))
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+class RemoteDrafter:
+    """A :class:`~actors.drafters.link.DrafterLink` over a Ray actor or Serve deployment handle.
+
+    Args:
+        handle: anything whose ``method.remote(...)`` returns an awaitable (an actor handle, a
+            Serve ``DeploymentHandle``).
+        timeout_s: a call slower than this counts as a failure.
+    """
+
+    def __init__(self, handle, timeout_s: float = 10.0):
+        self.handle = handle
+        self.timeout_s = timeout_s
+
+    async def info(self) -> dict:
+        return await self._call("info")
+
+    async def draft(self, call: DraftCall) -> DraftReply:
+        return await self._call("draft", call)
+
+    async def _call(self, method: str, *args):
+        try:
+            return await asyncio.wait_for(getattr(self.handle, method).remote(*args), self.timeout_s)
+        except Exception as exc:  # dead, restarting, unreachable or slow: all mean "no drafts now"
+            raise DrafterUnavailable(f"{method}: {type(exc).__name__}: {exc}") from exc
+
+
+class EngineServer:
+    """An engine actor / Serve replica: the verifier and the step loop, with a remote drafter.
+
+    Args:
+        config: the engine settings.
+        drafter: a handle to the drafter actor or deployment; None builds ``config.drafter``
+            in this actor (``early-exit``, ``none``).
+        drafter_timeout_s: see :class:`RemoteDrafter`.
+    """
+
+    def __init__(self, config: EngineConfig, drafter=None, drafter_timeout_s: float = 10.0):
+        link = RemoteDrafter(drafter, drafter_timeout_s) if drafter is not None else None
+        self.engine = Engine(config, drafter=link)
+
+    async def generate(
+        self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams]
+    ) -> list[GenerationResult]:
+        return await self.engine.generate_async(prompts, params)
+
+    async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestUpdate]:
+        async for update in self.engine.stream(prompt_ids, params):
+            yield update
+
+    def encode_chat(self, messages: list[dict]) -> list[int]:
+        return self.engine.encode_chat(messages)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.engine.counters)
+
+    def node_id(self) -> str:
+        return ray.get_runtime_context().get_node_id()
+
+
+@dataclass
+class GraphConfig:
+    """A drafter actor and an engine actor.
+
+    Attributes:
+        engine: model, drafter and engine settings.
+        drafter: where the drafter actor runs.
+        verifier: where the engine (verifier) actor runs.
+        drafter_timeout_s: a drafter call slower than this is given up for that step.
+        name: prefix of the actors' names (as the Ray dashboard shows them).
+    """
+
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    drafter: Placement = field(default_factory=Placement)
+    verifier: Placement = field(default_factory=Placement)
+    drafter_timeout_s: float = 10.0
+    name: str = "tandem"
+
+
+@dataclass
+class Graph:
+    engine: ray.actor.ActorHandle
+    drafter: ray.actor.ActorHandle | None
+
+
+def start_graph(cfg: GraphConfig) -> Graph:
+    """Start the drafter actor (restarted by Ray if it dies) and the engine actor wired to it."""
+    drafter = None
+    if remote_drafter_kind(cfg.engine):
+        drafter = (
+            ray.remote(DrafterServer)
+            .options(name=f"{cfg.name}-drafter", max_restarts=-1, **cfg.drafter.ray_options())
+            .remote(cfg.engine)
+        )
+    engine = (
+        ray.remote(EngineServer)
+        .options(name=f"{cfg.name}-verifier", max_concurrency=1000, **cfg.verifier.ray_options())
+        .remote(cfg.engine, drafter, cfg.drafter_timeout_s)
+    )
+    return Graph(engine, drafter)
