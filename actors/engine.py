@@ -29,7 +29,7 @@ from actors.drafters.base import Drafter
 from actors.drafters.link import DrafterLink, DrafterUnavailable, LocalDrafter
 from actors.drafters.worker import DrafterWorker
 from actors.messages import DraftBudget, DraftCall, DraftTree, SamplingParams, Verdict
-from actors.models import LoadedModel, load_model, resolve_dtype
+from actors.models import LoadedModel, encode_chat, load_model, resolve_dtype
 from actors.requests import GenerationResult, GenerationStats, Request, RequestUpdate
 from actors.verifiers.verifier import Verifier
 
@@ -145,10 +145,7 @@ class Engine:
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         """Token ids of a conversation in the model's chat template, ready for the reply."""
-        if not self.tokenizer.chat_template:
-            return self.tokenizer.encode("\n".join(m["content"] for m in messages))
-        encoded = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+        return encode_chat(self.tokenizer, messages)
 
     def check_prompt(self, prompt_ids: list[int]) -> None:
         """Raise ValueError unless the prompt fits with room to generate."""

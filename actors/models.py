@@ -99,3 +99,12 @@ def load_model(spec: str = DEFAULT_MODEL, dtype: str | torch.dtype = "float32") 
     model.eval().requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(path)
     return LoadedModel(model=model, tokenizer=tokenizer, name=spec if spec != DEFAULT_MODEL else path.name)
+
+
+def encode_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict]) -> list[int]:
+    """Token ids of a conversation in the tokenizer's chat template, ready for the reply (the
+    contents joined by newlines when the tokenizer has no template)."""
+    if not tokenizer.chat_template:
+        return tokenizer.encode("\n".join(m["content"] for m in messages))
+    encoded = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)

@@ -150,25 +150,26 @@ def summary_sentence(summary: dict) -> str:
     )
 
 
-def upsert_section(text: str, block: str) -> str:
-    """Put ``block`` in the bench section of ``text``, replacing the block with the same heading.
+def upsert_section(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
+    """Put ``block`` in the section of ``text`` between ``begin`` and ``end``, replacing the
+    block with the same heading.
 
-    Only the text between the bench markers changes; the markers are appended when missing.
+    Only the text between the markers changes; the markers are appended when missing.
     """
-    if BEGIN not in text or END not in text:
-        text = text.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
-    head, rest = text.split(BEGIN, 1)
-    section, tail = rest.split(END, 1)
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    section, tail = rest.split(end, 1)
     blocks = [part.strip("\n") for part in re.split(r"(?m)^(?=### )", section) if part.strip()]
     heading = block.splitlines()[0]
     if any(part.splitlines()[0] == heading for part in blocks):
         blocks = [block if part.splitlines()[0] == heading else part for part in blocks]
     else:
         blocks.append(block)
-    return f"{head}{BEGIN}\n" + "\n\n".join(blocks) + f"\n{END}{tail}"
+    return f"{head}{begin}\n" + "\n\n".join(blocks) + f"\n{end}{tail}"
 
 
-def write_docs(path: Path, block: str) -> None:
+def write_docs(path: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(upsert_section(text, block), encoding="utf-8")
+    path.write_text(upsert_section(text, block, begin, end), encoding="utf-8")

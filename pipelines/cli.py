@@ -15,6 +15,11 @@ PIPELINES = {
     "serve": ("pipelines.serve", "ServeConfig", "serve the OpenAI-compatible endpoint on a local Ray"),
     "generate": ("pipelines.generate", "GenerateConfig", "generate text for one prompt, with stats"),
     "bench": ("pipelines.bench", "BenchConfig", "benchmark against Hugging Face generate"),
+    "load-bench": (
+        "pipelines.load_bench",
+        "LoadBenchConfig",
+        "serving benchmark: concurrent clients, spec on/off",
+    ),
     "verify-cost": ("pipelines.verify_cost", "VerifyCostConfig", "time a verifier step by draft tree size"),
 }
 
