@@ -10,6 +10,7 @@ Ray Serve deployments (``pipelines/serve.py``). The engine actor reaches its dra
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -63,6 +64,13 @@ class DrafterServer(DrafterWorker):
         from actors.engine import resolve_device
 
         super().__init__(build_drafter(config, None, resolve_device(config.device)))
+        self._lock = threading.Lock()
+
+    def draft(self, call: DraftCall) -> DraftReply:
+        # Serve may run a sync method for several callers at once (its thread pool); a drafter's
+        # state is not thread-safe, and calls from one engine must apply in order anyway.
+        with self._lock:
+            return super().draft(call)
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
