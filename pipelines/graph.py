@@ -72,8 +72,31 @@ class DrafterServer(DrafterWorker):
         with self._lock:
             return super().draft(call)
 
+    def load_weights(self, weights: str | dict) -> int:
+        """Hot-swap weights from a safetensors file or folder, or a state dict (see
+        :meth:`DrafterWorker.load_weights`)."""
+        if isinstance(weights, str):
+            weights = read_safetensors(weights)
+        with self._lock:
+            return super().load_weights(weights)
+
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()
+
+
+def read_safetensors(path: str) -> dict:
+    """A state dict from a ``.safetensors`` file or every such file in a folder."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    files = [Path(path)] if Path(path).is_file() else sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights at {path}")
+    state: dict = {}
+    for file in files:
+        state |= load_file(file)
+    return state
 
 
 class RemoteDrafter:
@@ -130,6 +153,10 @@ class EngineServer:
 
     def counters(self) -> dict[str, int]:
         return dict(self.engine.counters)
+
+    def load(self) -> dict:
+        """Requests being decoded and waiting for a KV slot."""
+        return {"running": self.engine.num_running, "waiting": self.engine.num_waiting}
 
     def node_id(self) -> str:
         return ray.get_runtime_context().get_node_id()

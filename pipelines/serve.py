@@ -151,9 +151,6 @@ class VerifierReplica(EngineServer):
             self.metrics.load(self.engine.num_running, self.engine.num_waiting)
             yield update
 
-    def load(self) -> dict:
-        return {"running": self.engine.num_running, "waiting": self.engine.num_waiting}
-
 
 def build(cfg: ServeConfig) -> serve.Application:
     """The three deployments, bound into one application."""

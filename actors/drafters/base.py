@@ -43,3 +43,7 @@ class Drafter(ABC):
     @abstractmethod
     def release(self, seq_id: int) -> None:
         """Forget a finished sequence and free what it held."""
+
+    def load_weights(self, state_dict: dict) -> None:
+        """Replace the drafter's weights in place (hot swap). Drafters without weights refuse."""
+        raise ValueError(f"{type(self).__name__} has no weights to load")

@@ -73,6 +73,19 @@ class ModelDrafter(Drafter):
     def release(self, seq_id: int) -> None:
         release_sequence(self.runner, self.slots, self.sequences, seq_id)
 
+    def load_weights(self, state_dict: dict) -> None:
+        """Copy ``state_dict`` into the draft model in place (shapes must match). KV caches built
+        with the old weights go stale: callers re-seed their sequences (see DrafterWorker)."""
+        model = self.runner.model
+        if self.assistant_model is None:
+            raise ValueError("this drafter is a view of the verifier; it has no weights of its own")
+        result = model.load_state_dict(state_dict, strict=False)
+        missing = [k for k in result.missing_keys if not k.endswith("lm_head.weight")]  # tied heads
+        if missing or result.unexpected_keys:
+            raise ValueError(
+                f"weights do not fit the drafter: missing {missing}, unexpected {result.unexpected_keys}"
+            )
+
     def commit(self, verdicts: list[Verdict]) -> None:
         for verdict in verdicts:
             self.sequences[verdict.seq_id].pending += verdict.tokens

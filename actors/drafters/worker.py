@@ -30,6 +30,17 @@ class DrafterWorker:
         """What the engine needs to know about this drafter."""
         return {"wants_topk": self.drafter.wants_topk, "kind": type(self.drafter).__name__}
 
+    def load_weights(self, state_dict: dict) -> int:
+        """Hot-swap the drafter's weights. Every sequence is forgotten, so the engines re-seed
+        them (their next call names them unknown) and drafting resumes on the new weights;
+        requests never fail. Returns how many sequences will be re-seeded."""
+        self.drafter.load_weights(state_dict)
+        dropped = len(self.known)
+        for seq_id in list(self.known):
+            self.drafter.release(seq_id)
+        self.known.clear()
+        return dropped
+
     def draft(self, call: DraftCall) -> DraftReply:
         """Apply ``call`` (releases, adds, verdicts, then proposals) and answer it."""
         for seq_id in call.releases:

@@ -1,5 +1,7 @@
 """The actor graph on a (simulated) multi-node Ray cluster: placement comes from config."""
 
+import time
+
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -26,14 +28,31 @@ def cluster():
     cluster.shutdown()
 
 
-def test_drafter_and_verifier_land_on_the_nodes_their_config_names(cluster, verifier_dir):
+@pytest.fixture
+def graphs():
+    """Starts graphs on the split nodes; kills their actors afterwards (the nodes have 1 CPU)."""
+    started = []
+
+    def start(engine: EngineConfig, name: str):
+        cfg = GraphConfig(
+            engine=engine,
+            drafter=Placement(num_cpus=1, resources={"drafter_node": 1}),
+            verifier=Placement(num_cpus=1, resources={"verifier_node": 1}),
+            name=name,
+        )
+        started.append(start_graph(cfg))
+        return started[-1]
+
+    yield start
+    for graph in started:
+        for actor in (graph.engine, graph.drafter):
+            if actor is not None:
+                ray.kill(actor)
+
+
+def test_drafter_and_verifier_land_on_the_nodes_their_config_names(cluster, graphs, verifier_dir):
     engine = EngineConfig(model=str(verifier_dir), device="cpu", max_model_len=256)
-    cfg = GraphConfig(
-        engine=engine,
-        drafter=Placement(num_cpus=1, resources={"drafter_node": 1}),
-        verifier=Placement(num_cpus=1, resources={"verifier_node": 1}),
-    )
-    graph = start_graph(cfg)
+    graph = graphs(engine, "placed")
     assert ray.get(graph.drafter.node_id.remote()) == cluster["drafter"]
     assert ray.get(graph.engine.node_id.remote()) == cluster["verifier"]
 
@@ -42,3 +61,41 @@ def test_drafter_and_verifier_land_on_the_nodes_their_config_names(cluster, veri
     reference = Engine(engine).generate(PROMPTS, params)
     assert [r.token_ids for r in results] == [r.token_ids for r in reference]
     assert sum(r.stats.drafted for r in results) > 0  # the remote drafter did draft
+
+
+def tokens_per_step(results) -> float:
+    return sum(r.stats.new_tokens for r in results) / sum(r.stats.steps for r in results)
+
+
+def test_hot_swapped_drafter_weights_take_effect_without_failing_a_request(
+    cluster, graphs, verifier_dir, tmp_path, make_tiny, tiny_tokenizer
+):
+    """A model drafter with random weights, then the verifier's own weights swapped in while a
+    request runs: that request finishes with the verifier's output, and acceptance jumps."""
+    drafter_dir = tmp_path / "drafter"
+    make_tiny(seed=7).save_pretrained(drafter_dir)
+    tiny_tokenizer.save_pretrained(drafter_dir)
+    engine = EngineConfig(
+        model=str(verifier_dir),
+        drafter=f"model:{drafter_dir}",
+        device="cpu",
+        max_model_len=256,
+        adaptive_budget=False,
+    )
+    graph = graphs(engine, "swap")
+    params = SamplingParams(max_new_tokens=24, ignore_eos=True)
+    before = ray.get(graph.engine.generate.remote(PROMPTS, params), timeout=300)
+
+    long = SamplingParams(max_new_tokens=200, ignore_eos=True)
+    steps = ray.get(graph.engine.counters.remote())["steps"]
+    running = graph.engine.generate.remote([PROMPTS[0]], long)
+    while ray.get(graph.engine.counters.remote())["steps"] < steps + 2:  # drafting, ~150 steps to go
+        time.sleep(0.01)
+    assert ray.get(graph.drafter.load_weights.remote(str(verifier_dir)), timeout=60) == 1  # re-seeded
+    (across,) = ray.get(running, timeout=300)
+    after = ray.get(graph.engine.generate.remote(PROMPTS, params), timeout=300)
+
+    reference = Engine(EngineConfig(model=str(verifier_dir), device="cpu", max_model_len=256))
+    assert across.token_ids == reference.generate([PROMPTS[0]], long)[0].token_ids
+    assert [r.token_ids for r in after] == [r.token_ids for r in reference.generate(PROMPTS, params)]
+    assert tokens_per_step(before) < 1.5 < 3 < tokens_per_step(after)
