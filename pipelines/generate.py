@@ -1,16 +1,23 @@
-"""Generate text for one prompt with the speculative engine, and print speculation statistics.
+"""Generate text with the speculative engine: one prompt in this process, or a whole dataset as a
+Ray Data batch job (``input=`` set; see ``pipelines/batch``).
 
 python -m pipelines.generate [configs/generate.yaml] prompt="..." engine.drafter=ngram
 tandem generate --prompt "..." [--drafter ngram] [--max-new-tokens 128]
+python -m pipelines.generate configs/generate.yaml input=s3://bucket/prompts/ output=s3://bucket/out/
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from actors.engine import Engine, EngineConfig, GenerationResult
 from actors.messages import SamplingParams
+from pipelines.batch.config import BatchConfig, StoreConfig
+
+if TYPE_CHECKING:
+    from pipelines.batch.job import Summary
 
 
 @dataclass
@@ -27,6 +34,13 @@ class GenerateConfig:
         top_k: keep the k most likely tokens (0 = all).
         seed: sampling seed.
         stop: strings that end generation.
+        input: a batch job's prompts: Parquet or JSONL, a file, a folder or a glob, local or
+            ``s3://``; when set, ``prompt`` is not used. Rows hold ``prompt`` or chat ``messages``,
+            optionally ``id`` and sampling columns (``max_new_tokens``, ``temperature``, ``top_p``,
+            ``top_k``, ``seed``, ``stop``) that override the values above.
+        output: a batch job's output folder (local or ``s3://``): one Parquet file per shard.
+        batch: the batch job's shards and engine actor pool.
+        s3: object-store endpoint and credentials (default: the standard AWS variables).
     """
 
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -38,6 +52,10 @@ class GenerateConfig:
     top_k: int = 0
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    input: str = ""
+    output: str = ""
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    s3: StoreConfig = field(default_factory=StoreConfig)
 
     def sampling(self) -> SamplingParams:
         return SamplingParams(
@@ -57,10 +75,19 @@ CLI_FLAGS = {
     "--drafter": "engine.drafter",
     "--dtype": "engine.dtype",
     "--model": "engine.model",
+    "--input": "input",
+    "--output": "output",
 }
 
 
-def main(cfg: GenerateConfig) -> GenerationResult:
+def main(cfg: GenerateConfig) -> GenerationResult | Summary:
+    """One prompt: print its text and statistics. With ``input``: run the batch job."""
+    if cfg.input or cfg.output:
+        if not (cfg.input and cfg.output):
+            raise ValueError("a batch job needs both input=PATH and output=PATH")
+        from pipelines.batch.job import run  # Ray is imported only for batch jobs
+
+        return run(cfg)
     if not cfg.prompt:
         raise ValueError("prompt is empty: pass --prompt TEXT (or prompt=TEXT)")
     params = cfg.sampling()  # validates before the model loads

@@ -1,0 +1,147 @@
+"""The engine actor of a batch job: one :class:`Engine` (a verifier and a drafter) that turns a
+batch of request rows into result rows. A plain class; Ray Data makes actors of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pyarrow as pa
+
+from actors.engine import Engine, EngineConfig, GenerationResult
+from actors.messages import SamplingParams
+from pipelines.batch.rows import RESULT_SCHEMA
+
+
+class EngineWorker:
+    """A Ray Data callable class: builds its engine once, then generates batch after batch.
+
+    Args:
+        engine: the engine's settings (model, drafter, dtype, device, ...).
+        defaults: sampling for rows without their own sampling columns.
+        chat: wrap plain prompts in the model's chat template.
+    """
+
+    def __init__(self, engine: EngineConfig, defaults: SamplingParams, chat: bool):
+        self.engine = Engine(engine)
+        self.defaults, self.chat = defaults, chat
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        """Request rows (``rows.REQUEST_SCHEMA``) → result rows (``rows.RESULT_SCHEMA``)."""
+        results = generate_rows(self.engine, batch.to_pylist(), self.defaults, self.chat)
+        return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
+
+
+def generate_rows(engine: Engine, requests: list[dict], defaults: SamplingParams, chat: bool) -> list[dict]:
+    """Generate every valid request in one engine call; a bad request gets its error instead.
+
+    Raises:
+        Exception: whatever the engine raises for reasons other than a bad request (out of
+            memory, a device fault); the task fails and Ray Data retries or stops the job.
+    """
+    results: list[dict | None] = [None] * len(requests)
+    ready: list[tuple[int, list[int], SamplingParams]] = []
+    for index, request in enumerate(requests):
+        prompt_ids = None
+        try:
+            if request["error"]:
+                raise ValueError(request["error"])
+            prompt_ids = encode(engine, request, chat)
+            check_room(engine, prompt_ids)
+            ready.append((index, prompt_ids, sampling(request, defaults)))
+        except ValueError as error:
+            results[index] = failed(request, str(error), prompt_ids)
+    for (index, prompt_ids, _), outcome in zip(ready, run(engine, ready)):
+        request = requests[index]
+        if isinstance(outcome, Exception):
+            results[index] = failed(request, str(outcome), prompt_ids)
+        else:
+            results[index] = finished(request, prompt_ids, outcome)
+    return results  # type: ignore[return-value]
+
+
+def run(
+    engine: Engine, ready: list[tuple[int, list[int], SamplingParams]]
+) -> list[GenerationResult | ValueError]:
+    """All ready requests in one engine call; if the engine refuses one of them (ValueError, raised
+    before any decoding), each is retried alone so only the refused ones fail."""
+    if not ready:
+        return []
+    try:
+        return engine.generate([ids for _, ids, _ in ready], [params for _, _, params in ready])
+    except ValueError:
+        outcomes: list[GenerationResult | ValueError] = []
+        for _, ids, params in ready:
+            try:
+                outcomes.extend(engine.generate([ids], params))
+            except ValueError as error:
+                outcomes.append(error)
+        return outcomes
+
+
+def encode(engine: Engine, request: dict, chat: bool) -> list[int]:
+    """A request's prompt token ids: its messages through the chat template, or its prompt."""
+    if request["messages"] is None:
+        return engine.encode(request["prompt"], chat=chat)
+    tokenizer = engine.tokenizer
+    if not tokenizer.chat_template:
+        raise ValueError("chat messages need a model with a chat template; give a plain prompt instead")
+    try:
+        encoded = tokenizer.apply_chat_template(
+            json.loads(request["messages"]), add_generation_prompt=True, tokenize=True
+        )
+    except Exception as error:  # the template's own checks (e.g. role order) raise any type
+        raise ValueError(f"chat template rejected the messages: {error}") from None
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def check_room(engine: Engine, prompt_ids: list[int]) -> None:
+    """Refuse a prompt that leaves no room to generate: the engine keeps one draft tree and one
+    token free past the context (the same rule ``Engine.generate`` applies to a whole call)."""
+    room = engine.config.max_model_len - engine.config.max_draft_nodes - 1
+    if len(prompt_ids) >= room:
+        raise ValueError(
+            f"prompt has {len(prompt_ids)} tokens, beyond the context: max_model_len="
+            f"{engine.config.max_model_len} leaves room for at most {room - 1}"
+        )
+
+
+def sampling(request: dict, defaults: SamplingParams) -> SamplingParams:
+    """The job's sampling with the row's own values over it (checked by SamplingParams)."""
+    if not request["sampling"]:
+        return defaults
+    overrides = json.loads(request["sampling"])
+    if "stop" in overrides:
+        overrides["stop"] = tuple(overrides["stop"])
+    return dataclasses.replace(defaults, **overrides)
+
+
+def finished(request: dict, prompt_ids: list[int], result: GenerationResult) -> dict:
+    return {
+        "shard": request["shard"],
+        "row": request["row"],
+        "id": request["id"],
+        "prompt": request["prompt"],
+        "text": result.text,
+        "prompt_tokens": len(prompt_ids),
+        "completion_tokens": result.stats.new_tokens,
+        "mean_accepted_tokens": result.stats.mean_accepted_tokens,
+        "finish_reason": result.finish_reason,
+        "error": None,
+    }
+
+
+def failed(request: dict, error: str, prompt_ids: list[int] | None) -> dict:
+    return {
+        "shard": request["shard"],
+        "row": request["row"],
+        "id": request["id"],
+        "prompt": request["prompt"],
+        "text": None,
+        "prompt_tokens": None if prompt_ids is None else len(prompt_ids),
+        "completion_tokens": 0,
+        "mean_accepted_tokens": None,
+        "finish_reason": None,
+        "error": error,
+    }
