@@ -173,7 +173,7 @@ def main(cfg: LoadBenchConfig) -> dict:
 
     prompts = load_prompts(cfg.prompts, cfg.requests)
     baseline = [hf_sequential(cfg, prompts)] if cfg.hf_baseline else []  # before Ray takes the cores
-    ray.init(ignore_reinit_error=True, num_cpus=max(2, cfg.serve.verifier.placement.num_cpus))
+    ray.init(address="local", num_cpus=max(2, cfg.serve.verifier.placement.num_cpus))
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     try:
         runs = run_mode(cfg, cfg.serve.engine.drafter, prompts) + run_mode(cfg, "none", prompts)

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
-import time
+import threading
 from dataclasses import dataclass, field
 
 from ray import serve
@@ -84,11 +85,11 @@ class ServeConfig:
     api_key: str = ""
     default_max_tokens: int = 256
     drafter_timeout_s: float = 10.0
-    ingress: Scaling = field(
-        default_factory=lambda: Scaling(max_ongoing_requests=256, target_ongoing_requests=64)
-    )
-    verifier: Scaling = field(default_factory=Scaling)
-    drafter: Scaling = field(default_factory=lambda: Scaling(max_ongoing_requests=64))
+    # Defaults fit a laptop: the verifier takes the cores (Ray sets its torch threads from
+    # num_cpus), the ingress and the n-gram drafter are light. Clusters set GPUs (cluster/).
+    ingress: Scaling = field(default_factory=lambda: Scaling(Placement(num_cpus=0), 1, 2, 64.0, 256))
+    verifier: Scaling = field(default_factory=lambda: Scaling(Placement(num_cpus=2), 1, 1, 8.0, 32))
+    drafter: Scaling = field(default_factory=lambda: Scaling(Placement(num_cpus=0), 1, 1, 4.0, 64))
 
     def __post_init__(self) -> None:
         if not 0 < self.port < 65536:
@@ -176,24 +177,32 @@ def build_app(args: dict) -> serve.Application:
 
 
 def main(cfg: ServeConfig) -> None:
-    """Start a local Ray, deploy the app and serve until interrupted."""
+    """Start a local Ray (always a new one), deploy the app and serve until SIGINT or SIGTERM."""
     import ray
 
-    ray.init(ignore_reinit_error=True, num_cpus=max(os.cpu_count() or 1, cfg.verifier.placement.num_cpus))
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
-    serve.run(build(cfg), name="tandem", route_prefix="/")
-    base = f"http://{cfg.host}:{cfg.port}"
-    print(f"[tandem] serving {cfg.model_name()} (drafter {cfg.engine.drafter}) at {base}/v1", file=sys.stderr)
-    print(
-        f"[tandem] try: curl {base}/v1/chat/completions -H 'Content-Type: application/json' "
-        f'-d \'{{"model": "{cfg.model_name()}", "messages": [{{"role": "user", "content": "Hi"}}]}}\'',
-        file=sys.stderr,
-    )
+    num_cpus = max(os.cpu_count() or 1, cfg.verifier.placement.num_cpus)
+    ray.init(address="local", num_cpus=num_cpus, logging_level=logging.WARNING)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
+        serve.start(http_options={"host": cfg.host, "port": cfg.port})
+        serve.run(build(cfg), name="tandem", route_prefix="/")
+        print(ready_message(cfg), file=sys.stderr, flush=True)
+        stop.wait()
+    finally:
+        print("[tandem] shutting down", file=sys.stderr)
         serve.shutdown()
+        ray.shutdown()
+
+
+def ready_message(cfg: ServeConfig) -> str:
+    base, name = f"http://{cfg.host}:{cfg.port}", cfg.model_name()
+    body = f'{{"model": "{name}", "messages": [{{"role": "user", "content": "Hi"}}]}}'
+    return (
+        f"[tandem] serving {name} (drafter {cfg.engine.drafter}) at {base}/v1 — Ctrl-C stops\n"
+        f"[tandem] try: curl {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
+    )
 
 
 if __name__ == "__main__":

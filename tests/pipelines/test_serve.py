@@ -29,6 +29,7 @@ def app(verifier_dir):
     """The app on the tiny verifier, drafter ``ngram`` in its own deployment."""
     port, metrics_port = free_port(), free_port()
     ray.init(
+        address="local",
         num_cpus=4,
         include_dashboard=False,
         _metrics_export_port=metrics_port,
