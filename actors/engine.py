@@ -19,59 +19,21 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-
-import torch
 
 from actors.budget import BudgetController
-from actors.drafters import build_drafter, parse_drafter
+from actors.drafters import build_drafter
 from actors.drafters.base import Drafter
 from actors.drafters.link import DrafterLink, DrafterUnavailable, LocalDrafter
 from actors.drafters.worker import DrafterWorker
+from actors.engine_config import EngineConfig, eos_token_ids, resolve_device, validate
 from actors.messages import DraftBudget, DraftCall, DraftTree, SamplingParams, Verdict
-from actors.models import LoadedModel, encode_chat, load_model, resolve_dtype
+from actors.models import LoadedModel, encode_chat, load_model
 from actors.requests import GenerationResult, GenerationStats, Request, RequestUpdate
 from actors.verifiers.verifier import Verifier
 
 __all__ = ["Engine", "EngineConfig", "GenerationResult", "GenerationStats", "RequestUpdate"]
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class EngineConfig:
-    """Everything that builds an engine.
-
-    Attributes:
-        model: the verifier: ``default`` (embedded SmolLM2-135M-Instruct), an HF folder or a .gguf.
-        drafter: ``ngram``, ``model:PATH``, ``early-exit[:LAYERS]`` or ``none`` (plain decoding).
-        dtype: ``float32``, ``bfloat16`` or ``float16`` for the verifier and model drafters.
-        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
-        attention: tree attention backend: ``auto`` (Triton on CUDA, reference on CPU),
-            ``triton`` or ``reference``.
-        max_batch_size: sequences decoded together (KV cache slots).
-        max_model_len: prompt + generated tokens per sequence (KV cache length).
-        max_draft_nodes: upper bound on a draft tree's size.
-        max_draft_depth: upper bound on a draft tree's depth.
-        adaptive_budget: pick each step's tree size from measured verifier cost and acceptance.
-        async_speculation: draft step r+1 while step r is verified (see the module docstring);
-            None = only when the drafter runs elsewhere (in-process, drafting ahead competes
-            with the verifier for the same cores: measured no faster on CPU).
-        drafter_retry_s: after the drafter failed to answer, decode without it this long.
-    """
-
-    model: str = "default"
-    drafter: str = "ngram"
-    dtype: str = "float32"
-    device: str = "auto"
-    attention: str = "auto"
-    max_batch_size: int = 8
-    max_model_len: int = 2048
-    max_draft_nodes: int = 32
-    max_draft_depth: int = 32
-    adaptive_budget: bool = True
-    async_speculation: bool | None = None
-    drafter_retry_s: float = 2.0
 
 
 class Engine:
@@ -367,35 +329,3 @@ class Engine:
         """True when one more step (a tree plus its token) could overflow the KV cache."""
         used = self.verifier.context_len(request.seq_id)
         return used + self.config.max_draft_nodes + 1 > self.config.max_model_len
-
-
-def validate(config: EngineConfig) -> None:
-    """Reject bad engine settings up front, naming the key."""
-    resolve_dtype(config.dtype)
-    if config.device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"device must be auto, cpu or cuda, got {config.device!r}")
-    if config.attention not in ("auto", "triton", "reference"):
-        raise ValueError(f"attention must be auto, triton or reference, got {config.attention!r}")
-    for key in ("max_batch_size", "max_model_len", "max_draft_depth"):
-        if getattr(config, key) <= 0:
-            raise ValueError(f"{key} must be > 0, got {getattr(config, key)}")
-    if config.max_draft_nodes < 0:
-        raise ValueError(f"max_draft_nodes must be >= 0, got {config.max_draft_nodes}")
-    parse_drafter(config.drafter)
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device=cuda but no CUDA device is available")
-    return torch.device(device)
-
-
-def eos_token_ids(model, tokenizer) -> set[int]:
-    """Every token id that ends generation: the tokenizer's EOS and the generation config's."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if configured is not None:
-        ids |= set(configured) if isinstance(configured, list) else {configured}
-    return ids
