@@ -4,7 +4,8 @@ Layout (every tensor in safetensors, nothing pickled):
 
 - ``config.json``, ``generation_config.json``, ``model.safetensors``, tokenizer files: the
   student as a Hugging Face folder (``--drafter model:PATH`` loads it as it is);
-- ``optimizer.safetensors``: the optimizer's per-parameter state, keyed by parameter name;
+- ``optimizer/state.safetensors``: the optimizer's per-parameter state, keyed by parameter name
+  (in a subfolder, so that readers of a folder's ``*.safetensors`` see only the weights);
 - ``trainer_state.json``: the step, the metrics so far, the optimizer's hyperparameters.
 """
 
@@ -18,7 +19,7 @@ from safetensors.torch import load_file, save_file
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 STATE_FILE = "trainer_state.json"
-OPTIMIZER_FILE = "optimizer.safetensors"
+OPTIMIZER_FILE = "optimizer/state.safetensors"
 
 
 def save_checkpoint(
@@ -35,6 +36,7 @@ def save_checkpoint(
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     tensors, groups = optimizer_tensors(student, optimizer)
+    (folder / OPTIMIZER_FILE).parent.mkdir(exist_ok=True)
     save_file(tensors, folder / OPTIMIZER_FILE)
     (folder / STATE_FILE).write_text(json.dumps(state | {"param_groups": groups}, indent=1))
     return folder

@@ -222,7 +222,7 @@ def train(
     report (and ``started_at``, the step this run started from); every ``checkpoint_every``
     steps and at the end, worker 0 also evaluates on ``val_rows``, writes a checkpoint into
     ``save_to(step)`` and passes that folder. A fresh run first reports the untrained student's
-    held-out metrics (step 0).
+    held-out metrics (step 0); a resumed one first reports the step it resumed from.
     """
     cfg = distiller.config
     started_at = distiller.step
@@ -231,7 +231,9 @@ def train(
     if distiller.step == 0 and not distiller.history:
         metrics = {"step": 0, **distiller.evaluate(val_rows)} if rank == 0 else {"step": 0}
         distiller.history.append(metrics)
-        report(metrics, None)
+        report(metrics | {"started_at": 0}, None)
+    else:  # resumed: say from where, even when nothing is left to do
+        report({"step": started_at, "started_at": started_at}, None)
     losses: list[float] = []
     while distiller.step < cfg.last_step:
         picked = step_rows(len(train_rows), cfg.batch_size, distiller.step, cfg.seed, rank, world)
