@@ -84,27 +84,18 @@ def encode(engine: Engine, request: dict, chat: bool) -> list[int]:
     """A request's prompt token ids: its messages through the chat template, or its prompt."""
     if request["messages"] is None:
         return engine.encode(request["prompt"], chat=chat)
-    tokenizer = engine.tokenizer
-    if not tokenizer.chat_template:
-        raise ValueError("chat messages need a model with a chat template; give a plain prompt instead")
     try:
-        encoded = tokenizer.apply_chat_template(
-            json.loads(request["messages"]), add_generation_prompt=True, tokenize=True
-        )
+        return engine.encode_chat(json.loads(request["messages"]))
     except Exception as error:  # the template's own checks (e.g. role order) raise any type
         raise ValueError(f"chat template rejected the messages: {error}") from None
-    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
 
 
 def check_room(engine: Engine, prompt_ids: list[int]) -> None:
-    """Refuse a prompt that leaves no room to generate: the engine keeps one draft tree and one
-    token free past the context (the same rule ``Engine.generate`` applies to a whole call)."""
-    room = engine.config.max_model_len - engine.config.max_draft_nodes - 1
-    if len(prompt_ids) >= room:
-        raise ValueError(
-            f"prompt has {len(prompt_ids)} tokens, beyond the context: max_model_len="
-            f"{engine.config.max_model_len} leaves room for at most {room - 1}"
-        )
+    """Refuse a prompt that leaves no room to generate (the engine's own rule)."""
+    try:
+        engine.check_prompt(prompt_ids)
+    except ValueError as error:
+        raise ValueError(f"prompt beyond the context: {error}") from None
 
 
 def sampling(request: dict, defaults: SamplingParams) -> SamplingParams:

@@ -230,7 +230,7 @@ def test_worker_generates_good_rows_and_isolates_bad_ones(engine):
     alone = [engine.generate([engine.encode(text)], SamplingParams(max_new_tokens=n))[0].text for text, n in
              [("t1 t2 t3", 6), ("t7 t8 t9", 6), ("t5 t6", 2)]]  # fmt: skip
     assert [results[i]["text"] for i in (0, 3, 4)] == alone
-    assert results[1]["error"].startswith("prompt has 200 tokens, beyond the context")
+    assert results[1]["error"].startswith("prompt beyond the context: prompt has 200 tokens")
     assert results[1]["prompt_tokens"] == 200
     assert results[2]["error"] == "temperature must be >= 0, got -1.0"
     assert results[4]["completion_tokens"] == 2 and results[4]["finish_reason"] == "length"
