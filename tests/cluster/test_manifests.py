@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import cli
 from pipelines.config import load_config
+from pipelines.distill import DistillConfig
+from pipelines.generate import GenerateConfig
 
 REPO = Path(__file__).parents[2]
 CLUSTER = REPO / "cluster"
@@ -84,22 +85,33 @@ def test_rayservice_runs_the_serve_app_on_the_same_cluster():
     assert service["spec"]["rayClusterConfig"] == load("kuberay/raycluster.yaml")["spec"]
 
 
-def test_rayjob_entrypoint_is_a_pipeline_with_valid_settings():
-    job = load("kuberay/rayjob-generate.yaml")
-    assert job["kind"] == "RayJob" and job["spec"]["shutdownAfterJobFinishes"]
+def entrypoint_config(job: dict):
+    """The typed config a RayJob's ``python -m pipelines.NAME CONFIG key=value ...`` builds."""
     python, dash_m, module, config, *overrides = shlex.split(job["spec"]["entrypoint"])
     assert (python, dash_m) == ("python", "-m")
-    name = module.removeprefix("pipelines.").replace("_", "-")
-    module_name, class_name, _ = cli.PIPELINES[name]
-    cfg = load_config(
-        getattr(importlib.import_module(module_name), class_name),
-        REPO / config.removeprefix(IMAGE_ROOT),
-        overrides,
-    )
-    assert cfg.input.startswith("s3://") and cfg.batch.num_gpus == 1
+    config_class = {"pipelines.generate": GenerateConfig, "pipelines.distill": DistillConfig}[module]
+    return load_config(config_class, REPO / config.removeprefix(IMAGE_ROOT), overrides)
+
+
+@pytest.mark.parametrize("name", ["rayjob-generate.yaml", "rayjob-distill.yaml"])
+def test_rayjob_entrypoint_is_a_pipeline_with_valid_settings(name):
+    job = load(f"kuberay/{name}")
+    assert job["kind"] == "RayJob" and job["spec"]["shutdownAfterJobFinishes"]
+    cfg = entrypoint_config(job)  # a misspelt key or a bad value fails here
     (group,) = job["spec"]["rayClusterSpec"]["workerGroupSpecs"]
-    assert start_resources(group) == {f"accelerator_type:{cfg.batch.accelerator_type}": 1}
-    assert group["maxReplicas"] >= cfg.batch.max_actors
+    (container,) = group["template"]["spec"]["containers"]
+    gpus_per_node = int(container["resources"]["limits"]["nvidia.com/gpu"])
+    product = group["template"]["spec"]["nodeSelector"]["nvidia.com/gpu.product"]  # NVIDIA-L4
+    assert start_resources(group) == {f"accelerator_type:{product.removeprefix('NVIDIA-')}": 1}
+    if isinstance(cfg, GenerateConfig):
+        assert cfg.input.startswith("s3://") and cfg.batch.accelerator_type == "L4"
+        assert group["maxReplicas"] * gpus_per_node >= cfg.batch.max_actors * cfg.batch.num_gpus
+    else:
+        assert cfg.storage_path.startswith("s3://") and cfg.workers.use_gpu
+        assert (
+            group["maxReplicas"] * gpus_per_node
+            >= cfg.workers.num_workers + cfg.data.actors * cfg.data.num_gpus
+        )
 
 
 def test_cluster_launcher_has_gpu_node_types_for_serve():
