@@ -14,6 +14,11 @@ from pipelines.config import ConfigError, load_config
 PIPELINES = {
     "serve": ("pipelines.serve", "ServeConfig", "serve the OpenAI-compatible endpoint on a local Ray"),
     "generate": ("pipelines.generate", "GenerateConfig", "generate text for one prompt, with stats"),
+    "distill": (
+        "pipelines.distill",
+        "DistillConfig",
+        "distill the drafter from the verifier (Ray Data + Ray Train)",
+    ),
     "bench": ("pipelines.bench", "BenchConfig", "benchmark against Hugging Face generate"),
     "load-bench": (
         "pipelines.load_bench",
