@@ -19,8 +19,8 @@ class ConfigError(ValueError):
 def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | None = None) -> T:
     """Build ``cls`` (a dataclass) from its defaults, a YAML file, then dotlist overrides.
 
-    Unknown keys and values of the wrong type raise :class:`ConfigError` naming the key; the
-    dataclass's own ``__post_init__`` checks value ranges.
+    ``key=`` sets an empty string. Unknown keys and values of the wrong type raise
+    :class:`ConfigError` naming the key; the dataclass's own ``__post_init__`` checks value ranges.
     """
     try:
         merged = OmegaConf.structured(cls)
@@ -32,6 +32,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
             for item in overrides:
                 if "=" not in item:
                     raise ConfigError(f"override {item!r} is not of the form key=value")
+            overrides = [item + "''" if item.endswith("=") else item for item in overrides]
             merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
         config = OmegaConf.to_object(merged)
     except OmegaConfBaseException as error:

@@ -91,10 +91,8 @@ def run(cfg: GenerateConfig) -> Summary:
     """Generate ``cfg.input`` into ``cfg.output``; print and return the summary."""
     start = time.perf_counter()
     cfg.sampling()  # bad defaults stop the job before anything starts
-    in_fs, in_path = resolve(cfg.input, cfg.s3)
     out_fs, out_path = resolve(cfg.output, cfg.s3)
-    folder, files = list_files(in_fs, in_path)
-    shards = plan(in_fs, folder, files, cfg.batch.format, cfg.batch.rows_per_shard)
+    shards = input_shards(cfg, out_path)
     output = Output(out_fs, out_path)
     output.pin(settings(cfg), shards)
     done = output.done()
@@ -109,11 +107,21 @@ def run(cfg: GenerateConfig) -> Summary:
             count(summary, batch)
         collector.finish()
         summary.written = len(collector.written)
-    if len(done) + summary.written >= len(shards):
+    if summary.skipped + summary.written == summary.shards:
         output.mark_success()
     summary.seconds = time.perf_counter() - start
     print(summary.line(), flush=True)
     return summary
+
+
+def input_shards(cfg: GenerateConfig, out_path: str) -> list[Shard]:
+    """The shards of ``cfg.input``, leaving out the files of an output folder nested inside it."""
+    in_fs, in_path = resolve(cfg.input, cfg.s3)
+    folder, files = list_files(in_fs, in_path)
+    files = [path for path in files if not path.startswith(out_path + "/")]
+    if not files:
+        raise FileNotFoundError(f"no input files at {cfg.input} outside the output folder")
+    return plan(in_fs, folder, files, cfg.batch.format, cfg.batch.rows_per_shard)
 
 
 def count(summary: Summary, batch: pa.Table) -> None:
@@ -137,7 +145,7 @@ def dataset(cfg: GenerateConfig, pending: list[Shard]):
         batch_size=1,
         batch_format="pyarrow",
         fn_kwargs={"source": cfg.input, "store": cfg.s3, "columns": columns},
-        num_cpus=0.5,
+        num_cpus=0.5,  # I/O bound: leave the cores to the engine actors
     )
     pool = ray.data.ActorPoolStrategy(
         min_size=batch.min_actors,

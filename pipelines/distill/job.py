@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -70,7 +71,9 @@ def main(cfg: DistillConfig) -> Summary:
 
     start = time.perf_counter()
     if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS (set by `ray job submit`), else a running local cluster, else a new one
+        # The cluster in RAY_ADDRESS (`ray job submit` sets it), else a fresh local Ray: never
+        # attach to another local cluster by accident.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
     summary = Summary()
     data_fs, data_path = data_location(cfg)
     summary.rows_written = make_rows(cfg, data_fs, data_path)
@@ -79,7 +82,7 @@ def main(cfg: DistillConfig) -> Summary:
     summary.stage_seconds["train"] = time.perf_counter() - start - summary.stage_seconds["rows"]
     summary.checkpoint = result.checkpoint.path
     with tempfile.TemporaryDirectory(prefix="distill-") as scratch:
-        drafter = Path(cfg.output) if cfg.output else Path(scratch) / "drafter"
+        drafter = Path(cfg.output).expanduser() if cfg.output else Path(scratch) / "drafter"
         finish(cfg, summary, result, drafter, Path(scratch) / "initial")
     summary.seconds = time.perf_counter() - start
     if cfg.metrics_out:

@@ -20,6 +20,7 @@ from actors.messages import SamplingParams
 from pipelines import cli
 from pipelines.batch import worker
 from pipelines.batch.config import StoreConfig
+from pipelines.batch.job import input_shards
 from pipelines.batch.output import MANIFEST, SUCCESS, Output, ShardCollector
 from pipelines.batch.rows import RESULT_SCHEMA, Columns, parse_record
 from pipelines.batch.shards import Shard, plan, read_requests
@@ -208,6 +209,15 @@ def test_parquet_shards_read_only_their_rows(tmp_path):
     assert [(s.start, s.stop) for s in shards] == [(0, 4), (4, 8), (8, 11)]
     prompts = [[r["prompt"] for r in read_requests(fs, shard, Columns())] for shard in shards]
     assert prompts == [["p0", "p1", "p2", "p3"], ["p4", "p5", "p6", "p7"], ["p8", "p9", "p10"]]
+
+
+def test_an_output_folder_inside_the_input_is_not_input(tmp_path):
+    (tmp_path / "p.jsonl").write_text('{"prompt": "a"}\n{"prompt": "b"}\n')
+    (tmp_path / "out").mkdir()
+    pq.write_table(pa.table({"prompt": ["not input"]}), tmp_path / "out" / "part-p-0.parquet")
+    cfg = load_config(GenerateConfig, None, [f"input={tmp_path}", f"output={tmp_path / 'out'}"])
+    shards = input_shards(cfg, str(tmp_path / "out"))
+    assert [(shard.label, shard.rows) for shard in shards] == [("p.jsonl", 2)]
 
 
 # ---------------------------------------------------------------- engine worker

@@ -58,3 +58,8 @@ def test_flags_and_overrides_reach_the_config():
 def test_unknown_key_names_the_key():
     with pytest.raises(ConfigError, match="engine.max_batch"):
         load_config(GenerateConfig, None, ["engine.max_batch=3"])
+
+
+def test_an_empty_override_is_an_empty_string():
+    cfg = load_config(GenerateConfig, "configs/generate.yaml", ["output=", "engine.drafter=none"])
+    assert (cfg.output, cfg.engine.drafter) == ("", "none")

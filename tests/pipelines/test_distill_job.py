@@ -50,7 +50,7 @@ def test_ray_job_submit_distills_into_s3(s3, local_head, verifier_dir):
     args += ["engine.device=cpu", "engine.drafter=none", "engine.max_model_len=128", "teacher.chat=false"]
     args += [f"data.prompts=s3://{BUCKET}/prompts/", "data.eval_prompts=4", "teacher.max_new_tokens=16"]
     args += ["student.num_layers=1", "train.max_steps=20", "train.checkpoint_every=10", "eval.prompts=0"]
-    args += [f"storage_path=s3://{BUCKET}/runs", "name=submitted"]
+    args += [f"storage_path=s3://{BUCKET}/runs", "name=submitted", "output=", "metrics_out="]
     done = local_head.submit(args, CREDENTIALS | {"AWS_ENDPOINT_URL": s3.endpoint})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "[tandem distill] steps 0→20, 40 rows made" in done.stdout
