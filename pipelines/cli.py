@@ -25,6 +25,11 @@ PIPELINES = {
         "LoadBenchConfig",
         "serving benchmark: concurrent clients, spec on/off",
     ),
+    "batch-bench": (
+        "pipelines.batch_bench",
+        "BatchBenchConfig",
+        "batch job benchmark: the same prompts with speculation on and off",
+    ),
     "verify-cost": ("pipelines.verify_cost", "VerifyCostConfig", "time a verifier step by draft tree size"),
 }
 

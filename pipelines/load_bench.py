@@ -214,9 +214,10 @@ def docs_block(report: dict, cfg: LoadBenchConfig) -> str:
     names = {"none": "speculation off", "hf_generate": "HF `generate`, sequential"}
     for run in runs:
         name = names.get(run["drafter"], f"speculation on (`{run['drafter']}`)")
+        ttft = "—" if run["drafter"] == "hf_generate" else f"{run['ttft_p50_s']:.3f}"  # not streamed
         lines.append(
             f"| {name} | {run['concurrency']} | {run['tokens_per_s']:.1f} | {run['latency_p50_s']:.2f} "
-            f"| {run['latency_p99_s']:.2f} | {run['ttft_p50_s']:.3f} |"
+            f"| {run['latency_p99_s']:.2f} | {ttft} |"
         )
     if cfg.plot:
         lines += ["", f"![serving under load]({Path(cfg.plot).name})"]

@@ -158,7 +158,10 @@ def build(cfg: ServeConfig) -> serve.Application:
     api_key = cfg.api_key or os.environ.get("TANDEM_API_KEY", "")
     drafter = None
     if remote_drafter_kind(cfg.engine):
-        drafter = serve.deployment(DrafterServer, name="Drafter", **cfg.drafter.options()).bind(cfg.engine)
+        # Called once per verifier step: an access-log line per call would drown the replica logs.
+        quiet = {"logging_config": {"enable_access_log": False}}
+        drafter = serve.deployment(DrafterServer, name="Drafter", **cfg.drafter.options(), **quiet)
+        drafter = drafter.bind(cfg.engine)
     verifier = serve.deployment(VerifierReplica, name="Verifier", **cfg.verifier.options()).bind(
         cfg.engine, drafter, cfg.drafter_timeout_s, cfg.model_name()
     )

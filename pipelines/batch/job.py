@@ -8,6 +8,7 @@ folder is always whole shards; a job that dies is resumed by running it again.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -136,7 +137,9 @@ def dataset(cfg: GenerateConfig, pending: list[Shard]):
     import ray.data
 
     if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS (set by `ray job submit`), else a running local cluster, else a new one
+        # The cluster in RAY_ADDRESS (`ray job submit` sets it), else a fresh local Ray: never
+        # attach to another local cluster by accident.
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
     batch = cfg.batch
     columns = Columns(batch.id_column, batch.prompt_column, batch.messages_column)
     shards = ray.data.from_items([shard.to_dict() for shard in pending], override_num_blocks=len(pending))
