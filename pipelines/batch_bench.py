@@ -64,7 +64,9 @@ def write_input(cfg: BatchBenchConfig, path: Path) -> int:
     return len(prompts)
 
 
-def run_job(cfg: BatchBenchConfig, drafter: str, input_path: Path, output: Path) -> tuple[dict, dict[str, str]]:
+def run_job(
+    cfg: BatchBenchConfig, drafter: str, input_path: Path, output: Path
+) -> tuple[dict, dict[str, str]]:
     """One whole batch job with ``drafter``: its summary figures and its texts by row id."""
     from pipelines.batch.job import run
 
@@ -104,7 +106,8 @@ def main(cfg: BatchBenchConfig) -> dict:
             for drafter in cfg.drafters:
                 figures, texts = run_job(cfg, drafter, input_path, Path(scratch) / f"out-{drafter}")
                 reference = reference or texts
-                figures["texts_equal_to_first"] = sum(texts.get(key) == text for key, text in reference.items())
+                equal = sum(texts.get(key) == text for key, text in reference.items())
+                figures["texts_equal_to_first"] = equal
                 runs.append(figures)
                 print(f"[batch-bench] {json.dumps(figures)}", flush=True)
         finally:
