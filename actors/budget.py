@@ -8,13 +8,20 @@ node only while its path confidence (their estimate of the chance it is accepted
 expected tokens per unit of time (:meth:`DraftBudget.admits`) — SpecDec++-style stopping with a
 measured threshold. Large batches make ``node_cost`` approach 1 and speculation stop by itself;
 a verifier with room to spare (small batches, a GPU) makes it small and trees grow.
+
+The verifier pads a step to its largest tree, so one long tree costs as if every sequence had
+drafted as much. The fit is therefore made on padded tokens, and :meth:`BudgetController.trim`
+cuts the step's trees to the common size that maximises its expected tokens per second. The
+drafter's confidences are taken at the rate they have actually been accepted (:class:`Calibration`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from actors.messages import DraftBudget
+from actors.messages import DraftBudget, DraftTree
+
+EXPLORE_NODES = 4  # tree size cap while the verifier's cost per token is still unknown
 
 
 @dataclass
@@ -53,6 +60,7 @@ class BudgetController:
         self.max_depth = max_depth
         self.adaptive = adaptive
         self.verify_cost = LinearCost()
+        self.calibration = Calibration()
 
     def plan(self, batch_size: int) -> DraftBudget:
         """The budget for every sequence of a step of ``batch_size`` sequences."""
@@ -63,10 +71,55 @@ class BudgetController:
             node_cost = b / share if share > 0 else 0.0
         return DraftBudget(max_nodes=self.max_nodes, max_depth=self.max_depth, node_cost=node_cost)
 
+    def trim(self, trees: list[DraftTree]) -> list[DraftTree]:
+        """Cut every tree to the first ``n`` nodes, for the ``n`` that maximises the step's
+        expected tokens (one per sequence plus the trees' path confidences, scaled by the
+        drafter's measured calibration) over its time ``a + b · batch · (n + 1)``. Until the fit
+        has a slope, trees are cut to ``EXPLORE_NODES``: enough to measure one, cheap if drafts fail."""
+        largest = max((len(tree) for tree in trees), default=0)
+        if not self.adaptive or largest == 0:
+            return trees
+        a, b = self.verify_cost.coefficients()
+        if b <= 0:
+            return [tree.prefix(EXPLORE_NODES) for tree in trees]
+        batch, scale = len(trees), min(self.calibration.ratio(), 1.0)
+        gains = [tree.path_confidences() for tree in trees]
+        expected, best, best_rate = float(batch), 0, batch / (a + b * batch)
+        for size in range(1, largest + 1):
+            expected += scale * sum(gain[size - 1] for gain in gains if len(gain) >= size)
+            rate = expected / (a + b * batch * (size + 1))
+            if rate > best_rate:
+                best, best_rate = size, rate
+        return [tree.prefix(best) for tree in trees]
+
     def observe(self, step_tokens: int, verify_seconds: float) -> None:
-        """Record a decode step: tokens the verifier processed and how long it took. A time far
-        above the fit (another process took the CPU) is clipped so one stall does not skew it."""
+        """Record a decode step: tokens the verifier processed (padded: sequences × (largest
+        tree + 1)) and how long it took. A time far above the fit (another process took the
+        CPU) is clipped so one stall does not skew it."""
         a, b = self.verify_cost.coefficients()
         if a > 0:
             verify_seconds = min(verify_seconds, 2 * (a + b * step_tokens))
         self.verify_cost.observe(step_tokens, verify_seconds)
+
+    def observe_acceptance(self, trees: list[DraftTree], accepted: int) -> None:
+        """Record how many drafted tokens of ``trees`` the verifier accepted, against how many
+        their path confidences promised."""
+        promised = sum(sum(tree.path_confidences()) for tree in trees)
+        if promised > 0:
+            self.calibration.observe(promised, accepted)
+
+
+@dataclass
+class Calibration:
+    """Exponentially weighted ratio of accepted to promised draft tokens (1 until observed)."""
+
+    decay: float = 0.9
+    promised: float = 0.0
+    accepted: float = 0.0
+
+    def observe(self, promised: float, accepted: float) -> None:
+        self.promised = self.promised * self.decay + promised
+        self.accepted = self.accepted * self.decay + accepted
+
+    def ratio(self) -> float:
+        return self.accepted / self.promised if self.promised > 0 else 1.0

@@ -227,7 +227,7 @@ class Engine:
         budget = self.budget.plan(len(seq_ids))
         speculate = budget.max_nodes > 0 and await self._drafter_ready()
         trees = await self._trees(seq_ids, budget, prefetched) if speculate else {}
-        trees = [trees.get(s) or DraftTree.empty(s) for s in seq_ids]
+        trees = self.budget.trim([trees.get(s) or DraftTree.empty(s) for s in seq_ids])
         prefill = any(len(self.verifier.sequences[s].pending) > 1 for s in seq_ids)
         topk = self._wants_topk if speculate else 0
         start = time.perf_counter()
@@ -239,7 +239,10 @@ class Engine:
             ahead = asyncio.ensure_future(self._draft(self._guesses(trees, budget)))
         verdicts = await verifying
         if not prefill:  # a prompt's prefill would skew the decode cost fit
-            self.budget.observe(sum(len(t) + 1 for t in trees), time.perf_counter() - start)
+            padded = len(trees) * (1 + max(len(t) for t in trees))  # what the verifier computes
+            self.budget.observe(padded, time.perf_counter() - start)
+        if speculate:
+            self.budget.observe_acceptance(trees, sum(len(v.accepted_nodes) for v in verdicts))
         drafted_ahead = await ahead if ahead else []
         self.counters["steps"] += 1
         self.counters["speculated"] += sum(1 for t in drafted_ahead if t.assumed)

@@ -140,6 +140,23 @@ class DraftTree:
             path.append(tokens[node])
         return path
 
+    def prefix(self, size: int) -> DraftTree:
+        """The first ``size`` nodes: a tree again, since parents come before their children."""
+        if size >= len(self):
+            return self
+        return DraftTree(
+            self.seq_id, self.tokens[:size], self.parents[:size], self.draft_probs[:size], self.assumed
+        )
+
+    def path_confidences(self) -> list[float]:
+        """Each node's path confidence (the product of ``draft_probs`` from the root to it): the
+        drafter's estimate of the chance the node is accepted, so their sum is its estimate of
+        the accepted tokens."""
+        paths: list[float] = []
+        for prob, parent in zip(self.draft_probs.tolist(), self.parents.tolist()):
+            paths.append(prob * (paths[parent] if parent >= 0 else 1.0))
+        return paths
+
     def depths(self) -> torch.Tensor:
         """``[T]`` int64 depth of each node; roots have depth 1."""
         depth = torch.zeros(len(self), dtype=torch.long)

@@ -292,9 +292,10 @@ class NgramDrafter(Drafter):
         tree = sequence.proposed.pop(root, None)
         for stale in [key for key in sequence.proposed if key <= root]:
             del sequence.proposed[stale]
-        if tree is None or len(tree[0]) != verdict.num_drafted:
+        if tree is None or len(tree[0]) < verdict.num_drafted:
             return  # not the tree we proposed (or none): nothing to learn from
-        parents, credits = tree
+        # The engine may have verified only a prefix of it (BudgetController.trim).
+        parents, credits = tree[0][: verdict.num_drafted], tree[1]
         accepted = set(verdict.accepted_nodes)
         for node, parent in enumerate(parents):
             if parent < 0 or parent in accepted:

@@ -1,8 +1,11 @@
 """The draft budget follows measured costs: bigger batches draft less, and a node is drafted
 only while its confidence pays for what verifying it costs."""
 
+import pytest
+import torch
+
 from actors.budget import BudgetController, LinearCost
-from actors.messages import DraftBudget
+from actors.messages import DraftBudget, DraftTree
 
 
 def test_linear_cost_recovers_the_line():
@@ -36,3 +39,41 @@ def test_admits_stops_when_a_node_no_longer_pays():
     assert plan.admits(0.5, expected=1.0, nodes=0)
     assert not plan.admits(0.05, expected=2.0, nodes=5)  # 0.05 * 1.5 < 0.1 * 2.0
     assert not plan.admits(0.99, expected=1.0, nodes=10)  # budget full
+
+
+def fitted(a: float, b: float) -> BudgetController:
+    budget = BudgetController(max_nodes=32, max_depth=32)
+    for tokens in (16, 64, 160, 528) * 3:
+        budget.observe(tokens, a + b * tokens)
+    return budget
+
+
+def test_trim_cuts_one_long_tree_that_would_pad_the_whole_batch():
+    budget = fitted(a=0.30, b=0.002)
+    long = DraftTree.chain(0, list(range(32)), [0.9] * 32)  # path confidences 0.9, 0.81, ...
+    trees = [long] + [DraftTree.empty(s) for s in range(1, 4)]
+    trimmed = budget.trim(trees)
+    size = len(trimmed[0])
+    # 4 sequences: each node of the long tree costs 4 padded positions; deep nodes do not pay.
+
+    def rate(n: int) -> float:
+        return (4 + sum(long.path_confidences()[:n])) / (0.30 + 0.002 * 4 * (n + 1))
+
+    assert 0 < size < 32 and rate(size) == max(rate(n) for n in range(33))
+    assert trimmed[0].tokens.tolist() == list(range(size))
+    assert trimmed[0].parents.tolist() == list(range(-1, size - 1))
+    assert all(len(tree) == 0 for tree in trimmed[1:])
+
+
+def test_trim_keeps_trees_when_the_verifier_has_room():
+    budget = fitted(a=0.10, b=0.0001)
+    trees = [DraftTree.chain(0, [5, 6, 7], [0.9, 0.9, 0.9])]
+    assert budget.trim(trees) == trees
+
+
+def test_path_confidences_multiply_down_the_tree():
+    tree = DraftTree(
+        0, torch.tensor([1, 2, 3, 4]), torch.tensor([-1, -1, 0, 2]), torch.tensor([0.5, 0.4, 0.5, 0.5])
+    )
+    assert tree.path_confidences() == pytest.approx([0.5, 0.4, 0.25, 0.125])
+    assert tree.prefix(3).parents.tolist() == [-1, -1, 0] and tree.prefix(9) is tree
