@@ -223,12 +223,12 @@ class Engine:
 
     async def _step(self, prefetched: dict[int, DraftTree]) -> dict[int, DraftTree]:
         """One propose → verify → commit; returns the trees drafted ahead for the next step."""
-        seq_ids = list(self._running)
+        seq_ids = self._step_sequences()
         budget = self.budget.plan(len(seq_ids))
         speculate = budget.max_nodes > 0 and await self._drafter_ready()
         trees = await self._trees(seq_ids, budget, prefetched) if speculate else {}
         trees = self.budget.trim([trees.get(s) or DraftTree.empty(s) for s in seq_ids])
-        prefill = any(len(self.verifier.sequences[s].pending) > 1 for s in seq_ids)
+        prefill = self._prefilling(seq_ids[0])
         topk = self._wants_topk if speculate else 0
         start = time.perf_counter()
         verifying = asyncio.get_running_loop().run_in_executor(
@@ -250,7 +250,20 @@ class Engine:
             self._unsent_verdicts += verdicts
         for verdict in verdicts:
             self._commit(self._running[verdict.seq_id], verdict)
-        return {t.seq_id: t for t in drafted_ahead if t.assumed}
+        # Sequences that sat out a prefill step keep the trees drafted ahead for them.
+        stepped = set(seq_ids)
+        waiting = {s: t for s, t in prefetched.items() if s not in stepped and s in self._running}
+        return waiting | {t.seq_id: t for t in drafted_ahead if t.assumed}
+
+    def _step_sequences(self) -> list[int]:
+        """The sequences of the next step: those with a prompt to prefill, alone, else all. The
+        verifier pads a step to its longest input, so a prompt in a decoding batch would make
+        every sequence pay for its length."""
+        prefilling = [s for s in self._running if self._prefilling(s)]
+        return prefilling or list(self._running)
+
+    def _prefilling(self, seq_id: int) -> bool:
+        return len(self.verifier.sequences[seq_id].pending) > 1
 
     def _commit(self, request: Request, verdict: Verdict) -> None:
         request.extend(verdict, self.eos_ids, self.tokenizer)

@@ -47,13 +47,16 @@ class TreeBatch:
 
     cache_k: torch.Tensor  # [L, slots, Hkv, S, D]
     cache_v: torch.Tensor
-    rows: int  # batch rows: slots 0 .. rows - 1
+    rows: int  # batch rows
+    slots: torch.Tensor | None  # [rows] cache slot of each row; None: row b is slot b
+    kv_len: int  # cache positions any row reads
     prefix_lens: torch.Tensor  # [rows]
     tree_lens: torch.Tensor
     q_lens: torch.Tensor
     tree_mask: torch.Tensor  # [rows, Tq, W] int32
     dense_mask: torch.Tensor | None  # [rows, Tq, kv_len] for the reference backend
     write_rows: torch.Tensor  # [n] batch row of each valid query token
+    write_slots: torch.Tensor  # [n] its cache slot
     write_cols: torch.Tensor  # [n] its column in the padded query
     write_pos: torch.Tensor  # [n] its cache position
     backend: str
@@ -67,12 +70,16 @@ def tree_attention_forward(module, query, key, value, attention_mask, scaling=No
     layer = module.layer_idx
     cache_k, cache_v = batch.cache_k[layer], batch.cache_v[layer]
     # key: [B, Hkv, Tq, D] → the valid tokens' rows into their cache positions.
-    cache_k[batch.write_rows, :, batch.write_pos] = key[batch.write_rows, :, batch.write_cols]
-    cache_v[batch.write_rows, :, batch.write_pos] = value[batch.write_rows, :, batch.write_cols]
+    cache_k[batch.write_slots, :, batch.write_pos] = key[batch.write_rows, :, batch.write_cols]
+    cache_v[batch.write_slots, :, batch.write_pos] = value[batch.write_rows, :, batch.write_cols]
+    if batch.slots is None:
+        keys, values = cache_k[: batch.rows], cache_v[: batch.rows]
+    else:  # a few scattered slots: gather just their used positions
+        keys, values = cache_k[batch.slots, :, : batch.kv_len], cache_v[batch.slots, :, : batch.kv_len]
     out = tree_attention(
         query,
-        cache_k[: batch.rows],
-        cache_v[: batch.rows],
+        keys,
+        values,
         batch.prefix_lens,
         batch.tree_lens,
         batch.q_lens,
@@ -175,13 +182,16 @@ class TreeModel:
 
     @torch.inference_mode()
     def forward(self, inputs: list[TreeInput]) -> torch.Tensor:
-        """Run the new nodes of every input; return hidden states ``[B, Tq, H]`` (after the final
-        norm), where batch row ``b`` is slot ``b`` and rows of slots without input are padding."""
-        batch, input_ids, position_ids = self._batch(inputs)
+        """Run the new nodes of every input; return hidden states ``[len(inputs), Tq, H]`` (after
+        the final norm), row ``i`` for ``inputs[i]``, padded to the longest input."""
+        order = sorted(range(len(inputs)), key=lambda i: inputs[i].slot)
+        batch, input_ids, position_ids = self._batch([inputs[i] for i in order])
         hidden = self.model.model(
             input_ids=input_ids, position_ids=position_ids, use_cache=False, tree_batch=batch
         ).last_hidden_state
-        return hidden
+        if order == list(range(len(inputs))):
+            return hidden
+        return hidden[torch.tensor(order, device=hidden.device).argsort()]
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """``[..., H]`` → ``[..., V]`` float32 logits."""
@@ -204,7 +214,10 @@ class TreeModel:
             cache[:, dst, :, :length] = cache[:, src, :, :length]
 
     def _batch(self, inputs: list[TreeInput]) -> tuple[TreeBatch, torch.Tensor, torch.Tensor]:
-        rows = max(item.slot for item in inputs) + 1
+        """Row ``b`` for ``inputs[b]`` (sorted by slot). Rows are slots 0 .. rows - 1 when a
+        step has every live sequence; otherwise (a prefill step) the rows name their slots."""
+        rows = len(inputs)
+        slots = [item.slot for item in inputs]
         q_rows = max(len(item.tokens) for item in inputs)
         tree_width = max(item.tree_len for item in inputs)
         input_ids = torch.zeros(rows, q_rows, dtype=torch.long)
@@ -214,20 +227,20 @@ class TreeModel:
         tree_lens = torch.zeros(rows, dtype=torch.int32)
         q_lens = torch.zeros(rows, dtype=torch.int32)
         write_rows, write_cols, write_pos = [], [], []
-        for item in inputs:
+        for row, item in enumerate(inputs):
             q = len(item.tokens)
             if item.prefix_len + item.tree_len > self.max_len:
                 raise ValueError(f"slot {item.slot} needs {item.prefix_len + item.tree_len} cache positions")
-            input_ids[item.slot, :q] = torch.tensor(item.tokens)
-            position_ids[item.slot, :q] = torch.tensor(item.positions)
-            ancestors[item.slot, :q, : item.tree_len] = item.ancestors
-            prefix_lens[item.slot], tree_lens[item.slot], q_lens[item.slot] = (
+            input_ids[row, :q] = torch.tensor(item.tokens)
+            position_ids[row, :q] = torch.tensor(item.positions)
+            ancestors[row, :q, : item.tree_len] = item.ancestors
+            prefix_lens[row], tree_lens[row], q_lens[row] = (
                 item.prefix_len,
                 item.tree_len,
                 q,
             )
             first = item.prefix_len + item.tree_len - q
-            write_rows += [item.slot] * q
+            write_rows += [row] * q
             write_cols += range(q)
             write_pos += range(first, first + q)
         kv_len = int((prefix_lens + tree_lens).max())
@@ -240,12 +253,15 @@ class TreeModel:
             cache_k=self.cache_k,
             cache_v=self.cache_v,
             rows=rows,
+            slots=None if slots == list(range(rows)) else torch.tensor(slots, device=device),
+            kv_len=kv_len,
             prefix_lens=prefix_lens.to(device),
             tree_lens=tree_lens.to(device),
             q_lens=q_lens.to(device),
             tree_mask=tree_mask.to(device),
             dense_mask=dense.to(device) if dense is not None else None,
             write_rows=torch.tensor(write_rows, device=device),
+            write_slots=torch.tensor([slots[row] for row in write_rows], device=device),
             write_cols=torch.tensor(write_cols, device=device),
             write_pos=torch.tensor(write_pos, device=device),
             backend=self.backend,

@@ -137,7 +137,7 @@ class ModelDrafter(Drafter):
                 inputs.append(TreeInput(seq.slot, seq.kv_len, m, seq.pending, positions, ancestors))
         if inputs:
             hidden = self.runner.forward(inputs)
-            last = torch.stack([hidden[item.slot, len(item.tokens) - 1] for item in inputs])
+            last = torch.stack([hidden[row, len(item.tokens) - 1] for row, item in enumerate(inputs)])
             probs = self.runner.logits(last).softmax(dim=-1).cpu()
             fed = [s for s in seq_ids if self.sequences[s].pending]
             for seq_id, row in zip(fed, probs):
@@ -191,8 +191,8 @@ class ModelDrafter(Drafter):
             inputs.append(TreeInput(seq.slot, seq.kv_len, size, tokens, positions, ancestors))
         hidden = self.runner.forward(inputs)
         out = {}
-        for (seq_id, nodes), item in zip(grow.items(), inputs):
-            out[seq_id] = self.runner.logits(hidden[item.slot, : len(nodes)]).softmax(dim=-1).cpu()
+        for row, (seq_id, nodes) in enumerate(grow.items()):
+            out[seq_id] = self.runner.logits(hidden[row, : len(nodes)]).softmax(dim=-1).cpu()
         return out
 
     @staticmethod

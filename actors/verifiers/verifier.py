@@ -111,12 +111,12 @@ class Verifier:
             # Acceptance needs logits from the last pending token on; token recycling also
             # learns from a prompt's own positions, so a prefill then computes them all.
             first = 0 if topk else len(seq.pending) - 1
-            rows.append((seq.slot, first, size))
+            rows.append((first, size))
         hidden = self.runner.forward(inputs)
-        picked = torch.cat([hidden[slot, first:end] for slot, first, end in rows])
+        picked = torch.cat([hidden[row, first:end] for row, (first, end) in enumerate(rows)])
         logits = self.runner.logits(picked).cpu()  # [sum of rows, V]
         verdicts, offset = [], 0
-        for tree, item, (_, first, end) in zip(trees, inputs, rows):
+        for tree, item, (first, end) in zip(trees, inputs, rows):
             step_logits = logits[offset : offset + end - first]
             offset += end - first
             verdicts.append(self._decide(tree, item, step_logits, first, topk))
