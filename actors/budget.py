@@ -103,15 +103,17 @@ class BudgetController:
 
     def observe_acceptance(self, trees: list[DraftTree], accepted: int) -> None:
         """Record how many drafted tokens of ``trees`` the verifier accepted, against how many
-        their path confidences promised."""
-        promised = sum(sum(tree.path_confidences()) for tree in trees)
-        if promised > 0:
-            self.calibration.observe(promised, accepted)
+        their path confidences promised (every speculating step, drafts or not: see
+        :class:`Calibration`)."""
+        self.calibration.observe(sum(sum(tree.path_confidences()) for tree in trees), accepted)
 
 
 @dataclass
 class Calibration:
-    """Exponentially weighted ratio of accepted to promised draft tokens (1 until observed)."""
+    """Exponentially weighted ratio of accepted to promised draft tokens, with a prior of one
+    promised token accepted. Observed every step, so after steps without drafts the evidence
+    fades back to the prior and drafts get tried again: a bad stretch (a prompt the drafter
+    cannot predict) does not switch speculation off for good."""
 
     decay: float = 0.9
     promised: float = 0.0
@@ -122,4 +124,4 @@ class Calibration:
         self.accepted = self.accepted * self.decay + accepted
 
     def ratio(self) -> float:
-        return self.accepted / self.promised if self.promised > 0 else 1.0
+        return (self.accepted + 1.0) / (self.promised + 1.0)

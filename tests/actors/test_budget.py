@@ -77,3 +77,14 @@ def test_path_confidences_multiply_down_the_tree():
     )
     assert tree.path_confidences() == pytest.approx([0.5, 0.4, 0.25, 0.125])
     assert tree.prefix(3).parents.tolist() == [-1, -1, 0] and tree.prefix(9) is tree
+
+
+def test_calibration_recovers_after_drafts_stop():
+    budget = fitted(a=0.10, b=0.02)  # a drafted node costs a fifth of a step
+    tree = DraftTree.chain(0, [5, 6, 7, 8], [0.99] * 4)
+    for _ in range(10):  # a drafter that promises ~4 tokens and gets none accepted
+        budget.observe_acceptance([tree], accepted=0)
+    assert budget.calibration.ratio() < 0.1 and len(budget.trim([tree])[0]) == 0
+    for _ in range(40):  # steps without drafts: the evidence fades, drafts are tried again
+        budget.observe_acceptance([DraftTree.empty(0)], accepted=0)
+    assert budget.calibration.ratio() > 0.7 and len(budget.trim([tree])[0]) > 0
