@@ -1,13 +1,16 @@
 """The speculative engine: continuous batching of requests over one verifier and one drafter.
 
-Each step proposes a tree per running request, verifies all of them in one forward pass (in a
-worker thread, so the event loop keeps serving) and commits the verdicts. Requests join and
-leave between steps. With ``async_speculation`` the drafter drafts step r+1 while the verifier
-checks step r, assuming the drafter's likeliest outcome of step r; a tree whose assumption the
-verdict contradicts is thrown away and the sequence is drafted again. The drafter may live in
-this process or behind a :class:`~actors.drafters.link.DrafterLink` (another actor, another
-node); when it is unreachable the engine decodes without drafts until it answers again.
-Output never depends on the drafter: it is the verifier's, token for token.
+Each step proposes a tree per running request, verifies all of them in one forward pass and
+commits the verdicts; the event loop serves streams and new requests between steps. The forward
+runs on the loop's own thread: from a worker thread the same forward took twice as long on the
+2-core CPU of docs/benchmarks.md (in-process engine, 6 HumanEval prompts: 108-114 ms per step
+inline, 223-235 ms in a ``ThreadPoolExecutor``). Requests join and leave between steps. With
+``async_speculation`` the drafter drafts step r+1 while the verifier checks step r, assuming the
+drafter's likeliest outcome of step r; a tree whose assumption the verdict contradicts is thrown
+away and the sequence is drafted again. The drafter may live in this process or behind a
+:class:`~actors.drafters.link.DrafterLink` (another actor, another node); when it is unreachable
+the engine decodes without drafts until it answers again. Output never depends on the drafter:
+it is the verifier's, token for token.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ import random
 import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 
 from actors.budget import BudgetController
 from actors.drafters import build_drafter
@@ -79,7 +81,6 @@ class Engine:
         self._waiting: deque[Request] = deque()
         self._running: dict[int, Request] = {}
         self._ids = iter(range(random.getrandbits(20) << 32, 1 << 62))  # unique across engines
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="verifier")
         self._task: asyncio.Task | None = None
         self._last_tokens: dict[int, list[int]] = {}  # each running sequence's latest verdict
         self._drafter_known: set[int] = set()
@@ -183,6 +184,7 @@ class Engine:
     async def _run(self) -> None:
         prefetched: dict[int, DraftTree] = {}
         while True:
+            await asyncio.sleep(0)  # the step below holds the thread: let streams and submits run
             self._retire_cancelled()
             self._admit()
             if not self._running:
@@ -230,14 +232,12 @@ class Engine:
         trees = self.budget.trim([trees.get(s) or DraftTree.empty(s) for s in seq_ids])
         prefill = self._prefilling(seq_ids[0])
         topk = self._wants_topk if speculate else 0
-        start = time.perf_counter()
-        verifying = asyncio.get_running_loop().run_in_executor(
-            self._executor, self.verifier.verify, trees, topk
-        )
         ahead = None
         if speculate and self.async_speculation:
             ahead = asyncio.ensure_future(self._draft(self._guesses(trees, budget)))
-        verdicts = await verifying
+            await asyncio.sleep(0)  # a remote drafter gets its call before the verifier starts
+        start = time.perf_counter()
+        verdicts = self.verifier.verify(trees, topk)
         if not prefill:  # a prompt's prefill would skew the decode cost fit
             padded = len(trees) * (1 + max(len(t) for t in trees))  # what the verifier computes
             self.budget.observe(padded, time.perf_counter() - start)

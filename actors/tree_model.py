@@ -15,6 +15,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
+from actors.cpu_linear import speeds_up, use_weight_major
 from kernels.tree_attention import dense_tree_mask, pack_bits, tree_attention
 
 ATTENTION_NAME = "tandem_tree"
@@ -156,7 +157,8 @@ class TreeModel:
     """Runs tree forwards of a causal LM over a preallocated KV cache of ``slots`` sequences.
 
     Args:
-        model: a Llama-family ``*ForCausalLM`` (``.model`` backbone, ``.lm_head``).
+        model: a Llama-family ``*ForCausalLM`` (``.model`` backbone, ``.lm_head``); in float32 on
+            a CPU its linear layers become :class:`~actors.cpu_linear.WeightMajorLinear`.
         slots: sequences held at once.
         max_len: cache positions per sequence (prompt + generated + tree).
         backend: tree attention backend (``auto``, ``triton`` or ``reference``).
@@ -165,6 +167,8 @@ class TreeModel:
     def __init__(self, model: PreTrainedModel, slots: int, max_len: int, backend: str = "auto"):
         config = model.config
         model.config._attn_implementation = ATTENTION_NAME
+        if speeds_up(model):
+            use_weight_major(model)
         self.model = model
         self.max_len = max_len
         self.backend = backend

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from actors.cpu_linear import stock_copy
 from actors.engine import EngineConfig
 from actors.messages import SamplingParams
 from pipelines.bench_report import (
@@ -144,9 +145,10 @@ def parse_prompt(line: str, where: str) -> str:
 System = Callable[[list[int]], tuple[list[int], int | None]]
 
 
-def hf_system(engine, max_new_tokens: int, **assist) -> System:
-    """HF ``generate`` on the engine's verifier, greedy; ``assist`` turns on assisted generation."""
-    model, eos, pad = engine.model, sorted(stop_ids(engine)), engine.tokenizer.pad_token_id
+def hf_system(model, engine, max_new_tokens: int, **assist) -> System:
+    """HF ``generate`` on ``model`` (a stock copy of the engine's verifier), greedy, with the
+    engine's tokenizer and stop set; ``assist`` turns on assisted generation."""
+    eos, pad = sorted(stop_ids(engine)), engine.tokenizer.pad_token_id
     pad = eos[0] if pad is None else pad
 
     def run(prompt_ids: list[int]) -> tuple[list[int], int | None]:
@@ -180,15 +182,21 @@ def tandem_system(engine, max_new_tokens: int) -> System:
     return run
 
 
-def build_systems(engine, cfg: BenchConfig, max_new_tokens: int) -> dict[str, System]:
-    systems = {HF_GENERATE: hf_system(engine, max_new_tokens)}
+def stock_peers(engine) -> tuple:
+    """The verifier and the drafter model (or None) as transformers ships them, for the HF
+    systems: the engine may have swapped in its own CPU linear layers."""
+    drafter = getattr(engine, "drafter_model", None)
+    return stock_copy(engine.model), stock_copy(drafter) if drafter is not None else None
+
+
+def build_systems(engine, cfg: BenchConfig, max_new_tokens: int, peers: tuple) -> dict[str, System]:
+    model, drafter = peers
+    systems = {HF_GENERATE: hf_system(model, engine, max_new_tokens)}
     if cfg.assisted:
-        lookup = cfg.prompt_lookup_num_tokens
-        systems["hf_prompt_lookup"] = hf_system(engine, max_new_tokens, prompt_lookup_num_tokens=lookup)
-        if getattr(engine, "drafter_model", None) is not None:
-            systems["hf_assisted_model"] = hf_system(
-                engine, max_new_tokens, assistant_model=engine.drafter_model
-            )
+        lookup = {"prompt_lookup_num_tokens": cfg.prompt_lookup_num_tokens}
+        systems["hf_prompt_lookup"] = hf_system(model, engine, max_new_tokens, **lookup)
+        if drafter is not None:
+            systems["hf_assisted_model"] = hf_system(model, engine, max_new_tokens, assistant_model=drafter)
     systems[TANDEM] = tandem_system(engine, max_new_tokens)
     return systems
 
@@ -285,10 +293,11 @@ def main(cfg: BenchConfig, engine=None) -> dict:
 
         engine = Engine(cfg.engine)
     prompt_ids = [engine.encode(prompt) for prompt in prompts]
-    systems = build_systems(engine, cfg, cfg.max_new_tokens)
+    peers = stock_peers(engine)
+    systems = build_systems(engine, cfg, cfg.max_new_tokens, peers)
     print(f"bench: {len(prompts)} prompts, systems: {', '.join(systems)}", flush=True)
     if cfg.warmup:  # short: it only has to load kernels and fill allocator caches
-        for system in build_systems(engine, cfg, min(cfg.max_new_tokens, 16)).values():
+        for system in build_systems(engine, cfg, min(cfg.max_new_tokens, 16), peers).values():
             system(prompt_ids[0])
     report = summarize(run_interleaved(systems, prompt_ids, stop_ids(engine)))
     report["config"] = {"bench": asdict(cfg), "environment": environment(cfg, engine)}

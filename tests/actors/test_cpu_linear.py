@@ -1,0 +1,39 @@
+"""The weight-major linear layer: same results as ``nn.Linear``, swapped in place, undone for peers."""
+
+import pytest
+import torch
+from torch import nn
+
+from actors.cpu_linear import WeightMajorLinear, speeds_up, stock_copy, use_weight_major
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("shape", [(1, 1, 16), (3, 5, 16), (7, 16), (16,)])
+def test_weight_major_linear_matches_nn_linear(bias, shape):
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 24, bias=bias)
+    x = torch.randn(*shape)
+    expected = layer(x)
+    use_weight_major(layer)
+    got = layer(x)
+    assert type(layer) is WeightMajorLinear
+    assert got.shape == expected.shape and got.is_contiguous()
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_swap_keeps_weights_and_stock_copy_undoes_it():
+    model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 4))
+    weight = model[0].weight
+    assert use_weight_major(model) == 2
+    assert model[0].weight is weight  # swapped in place, not copied
+    peer = stock_copy(model)
+    assert [type(m) for m in peer if isinstance(m, nn.Linear)] == [nn.Linear, nn.Linear]
+    assert type(model[2]) is WeightMajorLinear  # the original keeps its layers
+    assert peer[0].weight.data_ptr() != weight.data_ptr()
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(peer(x), model(x), rtol=1e-5, atol=1e-5)
+
+
+def test_only_float32_on_cpu_is_swapped():
+    assert speeds_up(nn.Linear(4, 4))
+    assert not speeds_up(nn.Linear(4, 4).to(torch.bfloat16))
