@@ -176,8 +176,8 @@ class Verdict:
             accepted path). Always at least one token.
         accepted_nodes: tree indices of the accepted drafted tokens, root to leaf.
         num_drafted: size of the tree that was verified.
-        context_tokens: ``[N]`` the step's input tokens (tokens fed to the verifier this step),
-            present when the drafter asked for the verifier's top-k.
+        context_tokens: ``[N]`` the step's input tokens from the last committed one on (that
+            token, then the tree's nodes), present when the drafter asked for the verifier's top-k.
         context_topk: ``[N, k]`` the verifier's k most likely next tokens after each of them.
         context_topk_probs: ``[N, k]`` their probabilities.
     """
