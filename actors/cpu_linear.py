@@ -8,7 +8,9 @@ near the single-row cost. Measured on the 2-core CPU of docs/benchmarks.md, Smol
 linear layers: 2 rows 71 → 32 ms, 4 rows 72 → 51 ms, 16 rows 103 → 86 ms, 32 rows 148 → 122 ms,
 1 row unchanged (45 ms). A single row is the exception the other way: MKL's matrix-vector
 product is slower than the two-row product (46 vs 32 ms), so one row is computed as two. bfloat16
-goes through oneDNN, where the swap is slower: it is float32 only.
+goes through oneDNN, where the swap is slower: it is float32 only. In the whole engine at batch 16
+(16 rows per decode step) the swap measured 10% slower than ``nn.Linear`` (51-53 vs 56-60 tok/s,
+16 HumanEval prompts, 64 tokens, no drafter), so above ``MAX_ROWS`` rows the stock product runs.
 """
 
 from __future__ import annotations
@@ -18,12 +20,17 @@ import copy
 import torch
 from torch import nn
 
+MAX_ROWS = 8  # the largest row count that runs weight-major
+
 
 class WeightMajorLinear(nn.Linear):
-    """``nn.Linear`` computing ``(W @ x.T).T``: same parameters, same result up to float rounding."""
+    """``nn.Linear`` computing ``(W @ x.T).T`` for up to ``MAX_ROWS`` rows: same parameters, same
+    result up to float rounding."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
+        if rows.shape[0] > MAX_ROWS:
+            return super().forward(x)
         if rows.shape[0] == 1:  # the two-row product is the faster one (module docstring)
             out = torch.mm(self.weight, rows.expand(2, -1).contiguous().t())[:, :1].t().contiguous()
         else:

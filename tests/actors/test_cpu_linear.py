@@ -8,7 +8,7 @@ from actors.cpu_linear import WeightMajorLinear, speeds_up, stock_copy, use_weig
 
 
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("shape", [(1, 1, 16), (3, 5, 16), (7, 16), (16,)])
+@pytest.mark.parametrize("shape", [(1, 1, 16), (2, 3, 16), (3, 5, 16), (7, 16), (16,)])
 def test_weight_major_linear_matches_nn_linear(bias, shape):
     torch.manual_seed(0)
     layer = nn.Linear(16, 24, bias=bias)
