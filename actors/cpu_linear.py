@@ -56,8 +56,11 @@ def use_weight_major(model: nn.Module) -> int:
 
 
 def stock_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with plain ``nn.Linear`` layers, for running peers (Hugging Face
-    ``generate``) exactly as transformers ships them."""
+    """``model`` with plain ``nn.Linear`` layers, for running peers (Hugging Face ``generate``)
+    exactly as transformers ships them: a copy when the engine swapped layers, else ``model``
+    itself (no second set of weights on a GPU or in bfloat16)."""
+    if not any(type(module) is WeightMajorLinear for module in model.modules()):
+        return model
     clone = copy.deepcopy(model)
     for module in clone.modules():
         if type(module) is WeightMajorLinear:

@@ -34,6 +34,11 @@ def test_swap_keeps_weights_and_stock_copy_undoes_it():
     torch.testing.assert_close(peer(x), model(x), rtol=1e-5, atol=1e-5)
 
 
+def test_stock_copy_of_a_stock_model_is_the_model():
+    model = nn.Sequential(nn.Linear(8, 8))
+    assert stock_copy(model) is model
+
+
 def test_only_float32_on_cpu_is_swapped():
     assert speeds_up(nn.Linear(4, 4))
     assert not speeds_up(nn.Linear(4, 4).to(torch.bfloat16))
