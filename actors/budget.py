@@ -13,10 +13,14 @@ The verifier pads a step to its largest tree, so one long tree costs as if every
 drafted as much. The fit is therefore made on padded tokens, and :meth:`BudgetController.trim`
 cuts the step's trees to the common size that maximises its expected tokens per second. The
 drafter's confidences are taken at the rate they have actually been accepted (:class:`Calibration`).
+Where the verifier computes more rows than it is given (a CPU pads a few row counts to cheaper
+ones, :mod:`actors.cpu_linear`), fit and trim count the rows it computes, so a node that costs
+nothing is kept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from actors.messages import DraftBudget, DraftTree
@@ -53,12 +57,16 @@ class BudgetController:
         max_nodes: largest tree a sequence may draft (0: never speculate).
         max_depth: depth limit passed to the drafter.
         adaptive: when False, drafts are treated as free (``node_cost`` 0).
+        rows_computed: the rows the verifier computes for a step of so many token rows.
     """
 
-    def __init__(self, max_nodes: int, max_depth: int, adaptive: bool = True):
+    def __init__(
+        self, max_nodes: int, max_depth: int, adaptive: bool = True, rows_computed: Callable[[int], int] = int
+    ):
         self.max_nodes = max_nodes
         self.max_depth = max_depth
         self.adaptive = adaptive
+        self.rows_computed = rows_computed
         self.verify_cost = LinearCost()
         self.calibration = Calibration()
 
@@ -74,7 +82,8 @@ class BudgetController:
     def trim(self, trees: list[DraftTree]) -> list[DraftTree]:
         """Cut every tree to the first ``n`` nodes, for the ``n`` that maximises the step's
         expected tokens (one per sequence plus the trees' path confidences, scaled by the
-        drafter's measured calibration) over its time ``a + b · batch · (n + 1)``. Until the fit
+        drafter's measured calibration) over its time ``a + b · rows`` for the ``batch · (n + 1)``
+        rows it computes. Until the fit
         has a slope, trees are cut to ``EXPLORE_NODES``: enough to measure one, cheap if drafts fail."""
         largest = max((len(tree) for tree in trees), default=0)
         if not self.adaptive or largest == 0:
@@ -84,10 +93,11 @@ class BudgetController:
             return [tree.prefix(EXPLORE_NODES) for tree in trees]
         batch, scale = len(trees), min(self.calibration.ratio(), 1.0)
         gains = [tree.path_confidences() for tree in trees]
-        expected, best, best_rate = float(batch), 0, batch / (a + b * batch)
+        rows = self.rows_computed
+        expected, best, best_rate = float(batch), 0, batch / (a + b * rows(batch))
         for size in range(1, largest + 1):
             expected += scale * sum(gain[size - 1] for gain in gains if len(gain) >= size)
-            rate = expected / (a + b * batch * (size + 1))
+            rate = expected / (a + b * rows(batch * (size + 1)))
             if rate > best_rate:
                 best, best_rate = size, rate
         return [tree.prefix(best) for tree in trees]
@@ -96,6 +106,7 @@ class BudgetController:
         """Record a decode step: tokens the verifier processed (padded: sequences × (largest
         tree + 1)) and how long it took. A time far above the fit (another process took the
         CPU) is clipped so one stall does not skew it."""
+        step_tokens = self.rows_computed(step_tokens)
         a, b = self.verify_cost.coefficients()
         if a > 0:
             verify_seconds = min(verify_seconds, 2 * (a + b * step_tokens))

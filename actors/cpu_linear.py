@@ -6,16 +6,24 @@ twice the single-row product, although both stream the same weights from memory.
 transposed product ``(W @ x.T).T`` instead lets it take the large dimension from ``W`` and runs
 near the single-row cost. Measured on the 2-core CPU of docs/benchmarks.md, SmolLM2-135M's 211
 linear layers: 2 rows 71 → 32 ms, 4 rows 72 → 51 ms, 16 rows 103 → 86 ms, 32 rows 148 → 122 ms,
-1 row unchanged (45 ms). A single row is the exception the other way: MKL's matrix-vector
-product is slower than the two-row product (46 vs 32 ms), so one row is computed as two. bfloat16
-goes through oneDNN, where the swap is slower: it is float32 only. In the whole engine at batch 16
-(16 rows per decode step) the swap measured 10% slower than ``nn.Linear`` (51-53 vs 56-60 tok/s,
-16 HumanEval prompts, 64 tokens, no drafter), so above ``MAX_ROWS`` rows the stock product runs.
+1 row unchanged (45 ms). bfloat16 goes through oneDNN, where the swap is slower: it is float32
+only. In the whole engine at batch 16 (16 rows per decode step) the swap measured 10% slower than
+``nn.Linear`` (51-53 vs 56-60 tok/s, 16 HumanEval prompts, 64 tokens, no drafter), so above
+``MAX_ROWS`` rows the stock product runs.
+
+The cost is not monotonic in the row count either: on the same CPU the 211 layers took 38 / 35 /
+46 / 32 / 46 / 57 / 73 / 59 ms for 1-8 rows, so 1 row is cheaper computed as 2, 3 as 4 and 7 as 8.
+:func:`use_weight_major` measures that table once for the model's largest layer and every layer
+pads its rows to the cheapest count at least as large (:func:`cheapest_row_counts`); the draft
+budget plans with the padded counts (:meth:`WeightMajorLinear.rows_computed`), so a free node is
+drafted rather than wasted.
 """
 
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -25,19 +33,43 @@ MAX_ROWS = 8  # the largest row count that runs weight-major
 
 class WeightMajorLinear(nn.Linear):
     """``nn.Linear`` computing ``(W @ x.T).T`` for up to ``MAX_ROWS`` rows: same parameters, same
-    result up to float rounding."""
+    result up to float rounding. ``row_counts[n]`` is the row count ``n`` rows are computed as
+    (zero rows added); :func:`use_weight_major` sets it from a measurement."""
+
+    row_counts: tuple[int, ...] = tuple(range(MAX_ROWS + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
-        if rows.shape[0] > MAX_ROWS:
+        count = rows.shape[0]
+        if count > MAX_ROWS:
             return super().forward(x)
-        if rows.shape[0] == 1:  # the two-row product is the faster one (module docstring)
-            out = torch.mm(self.weight, rows.expand(2, -1).contiguous().t())[:, :1].t().contiguous()
-        else:
-            out = torch.mm(self.weight, rows.t()).t().contiguous()
+        padded = self.row_counts[count]
+        if padded > count:
+            rows = torch.cat([rows, rows.new_zeros(padded - count, rows.shape[1])])
+        out = torch.mm(self.weight, rows.t())[:, :count].t().contiguous()
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
+
+    def rows_computed(self, rows: int) -> int:
+        """How many rows a product with ``rows`` rows really computes."""
+        return self.row_counts[rows] if rows <= MAX_ROWS else rows
+
+
+def cheapest_row_counts(weight: torch.Tensor, repeats: int = 5) -> tuple[int, ...]:
+    """For ``n`` in ``0..MAX_ROWS``, the row count ``m >= n`` whose weight-major product with
+    ``weight`` measured fastest (best of ``repeats``, the counts interleaved so that a stall
+    hits one sample, not one count)."""
+    seconds = [float("inf")] * (MAX_ROWS + 1)
+    inputs = [torch.randn(n, weight.shape[1], dtype=weight.dtype) for n in range(MAX_ROWS + 1)]
+    with torch.inference_mode():
+        for _ in range(repeats + 1):  # the first round warms up
+            for n in range(1, MAX_ROWS + 1):
+                start = time.perf_counter()
+                torch.mm(weight, inputs[n].t())
+                seconds[n] = min(seconds[n], time.perf_counter() - start)
+    seconds[0] = 0.0
+    return tuple(min(range(n, MAX_ROWS + 1), key=seconds.__getitem__) for n in range(MAX_ROWS + 1))
 
 
 def speeds_up(model: nn.Module) -> bool:
@@ -48,11 +80,22 @@ def speeds_up(model: nn.Module) -> bool:
 
 def use_weight_major(model: nn.Module) -> int:
     """Switch every plain ``nn.Linear`` of ``model`` to :class:`WeightMajorLinear` in place (the
-    weights are not copied); returns how many were switched."""
+    weights are not copied), with row counts measured on the largest; returns how many were
+    switched."""
     linears = [m for m in model.modules() if type(m) is nn.Linear]
+    if not linears:
+        return 0
+    row_counts = cheapest_row_counts(max((m.weight for m in linears), key=torch.Tensor.numel))
     for module in linears:
         module.__class__ = WeightMajorLinear
+        module.row_counts = row_counts
     return len(linears)
+
+
+def rows_computed(model: nn.Module) -> Callable[[int], int]:
+    """How many rows ``model``'s linear layers compute for an input of so many rows."""
+    layer = next((m for m in model.modules() if type(m) is WeightMajorLinear), None)
+    return layer.rows_computed if layer else int
 
 
 def stock_copy(model: nn.Module) -> nn.Module:
@@ -65,4 +108,5 @@ def stock_copy(model: nn.Module) -> nn.Module:
     for module in clone.modules():
         if type(module) is WeightMajorLinear:
             module.__class__ = nn.Linear
+            module.__dict__.pop("row_counts", None)
     return clone

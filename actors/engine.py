@@ -74,7 +74,10 @@ class Engine:
         elif self.async_speculation is None:
             self.async_speculation = True
         self.budget = BudgetController(
-            config.max_draft_nodes if self.link else 0, config.max_draft_depth, config.adaptive_budget
+            config.max_draft_nodes if self.link else 0,
+            config.max_draft_depth,
+            config.adaptive_budget,
+            self.verifier.runner.rows_computed,
         )
         #: steps, speculated / speculation_hits (trees drafted ahead / used), drafter_failures
         self.counters: Counter[str] = Counter()

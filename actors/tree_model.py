@@ -15,7 +15,7 @@ from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
-from actors.cpu_linear import speeds_up, use_weight_major
+from actors.cpu_linear import rows_computed, speeds_up, use_weight_major
 from kernels.tree_attention import dense_tree_mask, pack_bits, tree_attention
 
 ATTENTION_NAME = "tandem_tree"
@@ -169,6 +169,9 @@ class TreeModel:
         model.config._attn_implementation = ATTENTION_NAME
         if speeds_up(model):
             use_weight_major(model)
+        #: token rows a forward of so many rows costs (on a CPU a few row counts are cheaper
+        #: padded to more: actors/cpu_linear.py)
+        self.rows_computed = rows_computed(model)
         self.model = model
         self.max_len = max_len
         self.backend = backend

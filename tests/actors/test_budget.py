@@ -88,3 +88,16 @@ def test_calibration_recovers_after_drafts_stop():
     for _ in range(40):  # steps without drafts: the evidence fades, drafts are tried again
         budget.observe_acceptance([DraftTree.empty(0)], accepted=0)
     assert budget.calibration.ratio() > 0.7 and len(budget.trim([tree])[0]) > 0
+
+
+def test_trim_keeps_a_node_the_padded_rows_make_free():
+    """A verifier that computes 3 rows as 4 (a CPU's cheap row counts) pays nothing for a third
+    node once it has two: trim keeps it where an unpadded cost would cut it."""
+    pad = {3: 4}
+    plain, padded = BudgetController(32, 32), BudgetController(32, 32, rows_computed=lambda n: pad.get(n, n))
+    for budget in (plain, padded):
+        for tokens in (1, 2, 4, 5, 6) * 3:
+            budget.observe(tokens, 0.05 + 0.01 * tokens)
+    tree = DraftTree.chain(0, [5, 6, 7], [0.9, 0.5, 0.5])  # path confidences 0.9, 0.45, 0.225
+    assert len(plain.trim([tree])[0]) == 2
+    assert len(padded.trim([tree])[0]) == 3

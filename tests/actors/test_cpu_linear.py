@@ -4,7 +4,15 @@ import pytest
 import torch
 from torch import nn
 
-from actors.cpu_linear import WeightMajorLinear, speeds_up, stock_copy, use_weight_major
+from actors.cpu_linear import (
+    MAX_ROWS,
+    WeightMajorLinear,
+    cheapest_row_counts,
+    rows_computed,
+    speeds_up,
+    stock_copy,
+    use_weight_major,
+)
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -42,3 +50,25 @@ def test_stock_copy_of_a_stock_model_is_the_model():
 def test_only_float32_on_cpu_is_swapped():
     assert speeds_up(nn.Linear(4, 4))
     assert not speeds_up(nn.Linear(4, 4).to(torch.bfloat16))
+
+
+def test_padded_row_counts_give_the_same_result_and_are_reported():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 24)
+    x = torch.randn(3, 16)
+    expected = layer(x)
+    use_weight_major(layer)
+    layer.row_counts = (0, 2, 2, 4, 4, 8, 8, 8, 8)  # 1 row as 2, 3 as 4, 5-7 as 8
+    torch.testing.assert_close(layer(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(layer(x[:1]), expected[:1], rtol=1e-5, atol=1e-5)
+    assert [rows_computed(layer)(n) for n in (1, 3, 5, 8, 9, 40)] == [2, 4, 8, 8, 9, 40]
+    assert rows_computed(nn.Linear(4, 4))(3) == 3  # stock layers compute what they are given
+
+
+def test_cheapest_row_counts_pad_up_never_down():
+    counts = cheapest_row_counts(torch.randn(256, 64), repeats=2)
+    assert len(counts) == MAX_ROWS + 1 and counts[0] == 0
+    assert all(n <= counts[n] <= MAX_ROWS for n in range(MAX_ROWS + 1))
+    # the choice for n is the cheapest of n..MAX_ROWS, so it is also the choice for every count
+    # between n and it
+    assert all(counts[m] == counts[n] for n in range(1, MAX_ROWS + 1) for m in range(n, counts[n] + 1))
