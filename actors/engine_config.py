@@ -25,6 +25,9 @@ class EngineConfig:
         max_model_len: prompt + generated tokens per sequence (KV cache length).
         max_draft_nodes: upper bound on a draft tree's size.
         max_draft_depth: upper bound on a draft tree's depth.
+        draft_vocab: model and early-exit drafters draft only among the first ``draft_vocab``
+            token ids (0 = the whole vocabulary): their LM head shrinks in proportion. BPE
+            tokenizers number tokens in merge order, so the first ids are the frequent ones.
         adaptive_budget: pick each step's tree size from measured verifier cost and acceptance.
         async_speculation: draft step r+1 while step r is verified (see the module docstring);
             None = only when the drafter runs elsewhere (in-process, drafting ahead competes
@@ -41,6 +44,7 @@ class EngineConfig:
     max_model_len: int = 2048
     max_draft_nodes: int = 32
     max_draft_depth: int = 32
+    draft_vocab: int = 0
     adaptive_budget: bool = True
     async_speculation: bool | None = None
     drafter_retry_s: float = 2.0
@@ -56,8 +60,9 @@ def validate(config: EngineConfig) -> None:
     for key in ("max_batch_size", "max_model_len", "max_draft_depth"):
         if getattr(config, key) <= 0:
             raise ValueError(f"{key} must be > 0, got {getattr(config, key)}")
-    if config.max_draft_nodes < 0:
-        raise ValueError(f"max_draft_nodes must be >= 0, got {config.max_draft_nodes}")
+    for key in ("max_draft_nodes", "draft_vocab"):
+        if getattr(config, key) < 0:
+            raise ValueError(f"{key} must be >= 0, got {getattr(config, key)}")
     parse_drafter(config.drafter)
 
 

@@ -36,10 +36,11 @@ def build_drafter(
 ) -> Drafter | None:
     """The drafter ``config.drafter`` names, placed on ``device`` (None for ``none``).
     ``verifier`` is needed by ``early-exit``; given, a model drafter's vocabulary is checked
-    against it."""
+    against it and a compact drafter folder takes its shared tensors from it (else from
+    ``config.model``, loaded for the purpose)."""
+    from actors.drafters.artifact import load_drafter
     from actors.drafters.model import ModelDrafter
     from actors.drafters.ngram import NgramDrafter
-    from actors.models import load_model
     from actors.tree_model import truncated_view
 
     kind, arg = parse_drafter(config.drafter)
@@ -52,11 +53,13 @@ def build_drafter(
         if verifier is None:
             raise ValueError("drafter 'early-exit' runs inside the verifier; it needs the verifier model")
         view = truncated_view(verifier, int(arg or DEFAULT_EARLY_EXIT_LAYERS))
-        return ModelDrafter(view, slots, length, attention=config.attention)
-    draft = load_model(arg, config.dtype).model.to(device)
+        return ModelDrafter(view, slots, length, attention=config.attention, vocab=config.draft_vocab)
+    draft = load_drafter(arg, config.dtype, config.model if verifier is None else verifier).to(device)
     if verifier is not None and draft.config.vocab_size != verifier.config.vocab_size:
         raise ValueError(
             f"drafter {arg} has vocab_size {draft.config.vocab_size}, the verifier "
             f"{verifier.config.vocab_size}: a drafter must share the verifier's tokenizer"
         )
-    return ModelDrafter(draft, slots, length, attention=config.attention, assistant_model=draft)
+    return ModelDrafter(
+        draft, slots, length, attention=config.attention, assistant_model=draft, vocab=config.draft_vocab
+    )

@@ -4,6 +4,10 @@ expansion, one forward per tree level, with its own KV cache.
 The tree grows best-first by path probability (EAGLE-2 style): each level expands the most
 likely frontier nodes into their top-k children, and nodes below the confidence threshold
 are never drafted (SpecDec++-style stopping).
+
+A draft vocabulary (``vocab``) keeps only the first rows of the LM head: SmolLM2's 49k-row head
+costs as much as several of its layers, and a drafter needs only the tokens it is likely to be
+right about.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
+from torch import nn
 from transformers import PreTrainedModel
 
+from actors.cpu_linear import speeds_up, use_weight_major
 from actors.drafters.base import Drafter
 from actors.messages import DraftBudget, DraftTree, Verdict
 from actors.tree_model import SlotTable, TreeInput, TreeModel, release_sequence
@@ -48,6 +54,7 @@ class ModelDrafter(Drafter):
         attention: tree attention backend.
         assistant_model: the model to hand Hugging Face as ``assistant_model`` in benchmarks
             (``model`` itself for a standalone drafter; None for a view of the verifier).
+        vocab: draft only among token ids ``0 .. vocab - 1`` (0 = every token).
     """
 
     def __init__(
@@ -59,8 +66,10 @@ class ModelDrafter(Drafter):
         threshold: float = 0.05,
         attention: str = "auto",
         assistant_model: PreTrainedModel | None = None,
+        vocab: int = 0,
     ):
         self.runner = TreeModel(model, max_batch_size, max_model_len, attention)
+        self.head = draft_head(model.lm_head, vocab)
         self.slots = SlotTable(max_batch_size)
         self.branching = branching
         self.threshold = threshold
@@ -138,7 +147,7 @@ class ModelDrafter(Drafter):
         if inputs:
             hidden = self.runner.forward(inputs)
             last = torch.stack([hidden[row, len(item.tokens) - 1] for row, item in enumerate(inputs)])
-            probs = self.runner.logits(last).softmax(dim=-1).cpu()
+            probs = self.head(last).float().softmax(dim=-1).cpu()
             fed = [s for s in seq_ids if self.sequences[s].pending]
             for seq_id, row in zip(fed, probs):
                 seq = self.sequences[seq_id]
@@ -192,7 +201,7 @@ class ModelDrafter(Drafter):
         hidden = self.runner.forward(inputs)
         out = {}
         for row, (seq_id, nodes) in enumerate(grow.items()):
-            out[seq_id] = self.runner.logits(hidden[row, : len(nodes)]).softmax(dim=-1).cpu()
+            out[seq_id] = self.head(hidden[row, : len(nodes)]).float().softmax(dim=-1).cpu()
         return out
 
     @staticmethod
@@ -204,3 +213,18 @@ class ModelDrafter(Drafter):
             torch.tensor(tree.scores, dtype=torch.float32),
             assumed,
         )
+
+
+def draft_head(lm_head: nn.Linear, vocab: int) -> nn.Linear:
+    """``lm_head`` itself, or a head over its first ``vocab`` rows sharing their storage (so a hot
+    swap that loads new weights into ``lm_head`` reaches it too)."""
+    total = lm_head.out_features
+    if not vocab or vocab >= total:
+        return lm_head
+    head = nn.Linear(lm_head.in_features, vocab, bias=lm_head.bias is not None, device="meta")
+    head.weight = nn.Parameter(lm_head.weight[:vocab], requires_grad=False)
+    if lm_head.bias is not None:
+        head.bias = nn.Parameter(lm_head.bias[:vocab], requires_grad=False)
+    if speeds_up(head):
+        use_weight_major(head)
+    return head

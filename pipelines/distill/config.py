@@ -116,8 +116,10 @@ class DistillConfig:
             under ``storage_path/name``.
         name: the run's name. Starting a run whose name already exists in ``storage_path``
             resumes it from its latest checkpoint (and reuses its rows).
-        output: a local folder to copy the final drafter to (an HF folder for
-            ``--drafter model:PATH``); empty = leave it in storage only.
+        output: a local folder to write the final drafter to, compact (its own tensors in
+            bfloat16, the verifier's shared ones left out: ``actors/drafters/artifact.py``), for
+            ``--drafter model:PATH``; empty = leave it in storage only (a full-precision
+            checkpoint there either way).
         hot_swap: names of live drafter actors (``pipelines.graph`` names them ``NAME-drafter``)
             to load the final weights into.
         hot_swap_namespace: the Ray namespace of those actors; empty = this job's.

@@ -7,15 +7,15 @@ import dataclasses
 import json
 import logging
 import os
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from actors.drafters.artifact import save_compact
 from actors.engine import Engine
 from actors.messages import SamplingParams
-from actors.trainers.checkpoints import OPTIMIZER_FILE
+from actors.models import load_model
 from actors.trainers.students import build_student, save_student
 from actors.trainers.train_worker import train_loop_per_worker
 from pipelines.batch.store import resolve
@@ -83,7 +83,7 @@ def main(cfg: DistillConfig) -> Summary:
     summary.checkpoint = result.checkpoint.path
     with tempfile.TemporaryDirectory(prefix="distill-") as scratch:
         drafter = Path(cfg.output).expanduser() if cfg.output else Path(scratch) / "drafter"
-        finish(cfg, summary, result, drafter, Path(scratch) / "initial")
+        finish(cfg, summary, result, drafter, Path(scratch))
     summary.seconds = time.perf_counter() - start
     if cfg.metrics_out:
         write_metrics(cfg, summary)
@@ -92,18 +92,24 @@ def main(cfg: DistillConfig) -> Summary:
 
 
 def finish(cfg: DistillConfig, summary: Summary, result, drafter: Path, scratch: Path) -> None:
-    """Fetch the final checkpoint into ``drafter``, read its history, measure it, hot-swap it."""
-    result.checkpoint.to_directory(str(drafter))
-    shutil.rmtree(drafter / Path(OPTIMIZER_FILE).parent)  # the drafter needs only its weights
-    summary.drafter = str(drafter) if cfg.output else ""
-    summary.history = json.loads((drafter / "trainer_state.json").read_text())["history"]
+    """Fetch the final checkpoint, write it as a compact drafter folder into ``drafter``, read
+    its history, measure it, hot-swap it."""
+    final = scratch / "final"
+    result.checkpoint.to_directory(str(final))
+    summary.history = json.loads((final / "trainer_state.json").read_text())["history"]
     summary.last_step = summary.history[-1]["step"]
     summary.first_step = int((result.metrics or {}).get("started_at", summary.last_step))
+    student = load_model(str(final), "float32")
+    verifier = load_model(cfg.engine.model, cfg.engine.dtype).model
+    save_compact(student.model, student.tokenizer, drafter, verifier)
+    (drafter / "trainer_state.json").write_text((final / "trainer_state.json").read_text())
+    del student, verifier
+    summary.drafter = str(drafter) if cfg.output else ""
     if cfg.eval.prompts:
         began = time.perf_counter()
-        summary.acceptance = measure(cfg, drafter, scratch)
+        summary.acceptance = measure(cfg, drafter, scratch / "initial")
         summary.stage_seconds["eval"] = time.perf_counter() - began
-    summary.swapped = hot_swap(cfg, drafter)
+    summary.swapped = hot_swap(cfg, final)
 
 
 def fit(cfg: DistillConfig, data: tuple):
