@@ -1,4 +1,5 @@
-"""Drafters, built by name: ``ngram``, ``model:PATH``, ``early-exit[:LAYERS]`` or ``none``."""
+"""Drafters, built by name: ``ngram``, ``model:PATH`` (``model:distilled``: the one bundled for the
+embedded default verifier), ``early-exit[:LAYERS]`` or ``none``."""
 
 from __future__ import annotations
 
@@ -22,7 +23,8 @@ def parse_drafter(spec: str) -> tuple[str, str]:
     kind, _, arg = spec.partition(":")
     if kind not in KINDS:
         raise ValueError(
-            f"unknown drafter {spec!r}; choose one of: ngram, model:PATH, early-exit[:LAYERS], none"
+            f"unknown drafter {spec!r}; choose one of: ngram, model:PATH, model:distilled, "
+            "early-exit[:LAYERS], none"
         )
     if kind == "model" and not arg:
         raise ValueError("drafter 'model' needs a path: model:PATH")

@@ -20,9 +20,14 @@ def smollm2():
     return load_model("default", "float32")
 
 
-@pytest.mark.parametrize("drafter", ["ngram", "early-exit:6"])
-def test_greedy_equals_hf_generate(smollm2, drafter):
-    engine = Engine(EngineConfig(device="cpu", drafter=drafter, max_batch_size=2, max_model_len=512), smollm2)
+@pytest.mark.parametrize(
+    ("drafter", "draft_vocab"), [("ngram", 0), ("early-exit:6", 0), ("model:distilled", 8192)]
+)
+def test_greedy_equals_hf_generate(smollm2, drafter, draft_vocab):
+    config = EngineConfig(
+        device="cpu", drafter=drafter, draft_vocab=draft_vocab, max_batch_size=2, max_model_len=512
+    )
+    engine = Engine(config, smollm2)
     prompts = [engine.encode(p) for p in PROMPTS]
     results = engine.generate(prompts, SamplingParams(max_new_tokens=40))
     for prompt, result in zip(prompts, results):

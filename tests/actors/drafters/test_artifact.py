@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from actors.drafters.artifact import SHARED_FILE, load_drafter, save_compact
+from actors.drafters.artifact import BUNDLED, SHARED_FILE, load_drafter, save_compact
 from actors.trainers.students import save_student, student_from_verifier
 from tests.conftest import make_tiny_model
 
@@ -52,3 +52,10 @@ def test_a_plain_folder_loads_as_it_is(tiny_lm, student, tmp_path):
     full = save_student(student, tiny_lm.tokenizer, tmp_path / "full")
     loaded = load_drafter(str(full), "float32", tiny_lm.model)
     torch.testing.assert_close(loaded.model.norm.weight, student.model.norm.weight)
+
+
+def test_the_bundled_drafter_is_compact_and_small():
+    folder = BUNDLED["distilled"]
+    assert json.loads((folder / SHARED_FILE).read_text())["from_verifier"] == ["model.embed_tokens.weight"]
+    assert (folder / "model.safetensors").stat().st_size <= 20 * 2**20
+    assert json.loads((folder / "trainer_state.json").read_text())["step"] > 0  # with its training metrics
