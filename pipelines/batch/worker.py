@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import pyarrow as pa
 
@@ -17,6 +18,11 @@ from pipelines.batch.rows import RESULT_SCHEMA
 class EngineWorker:
     """A Ray Data callable class: builds its engine once, then generates batch after batch.
 
+    Ray Data builds the class on the actor's main thread and calls it on a thread of its own. Torch
+    work split over two threads ran 2x slower on the 2-core CPU of docs/benchmarks.md (each thread
+    gets its own OpenMP team; batch 1 with ``ngram``: 14.2/10.7 tok/s on one thread, 6.9/7.7 after
+    the other had run), so the engine is built and run on one thread the worker owns.
+
     Args:
         engine: the engine's settings (model, drafter, dtype, device, ...).
         defaults: sampling for rows without their own sampling columns.
@@ -24,11 +30,15 @@ class EngineWorker:
     """
 
     def __init__(self, engine: EngineConfig, defaults: SamplingParams, chat: bool):
-        self.engine = Engine(engine)
+        self._torch_thread = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self.engine = self._torch_thread.submit(Engine, engine).result()
         self.defaults, self.chat = defaults, chat
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         """Request rows (``rows.REQUEST_SCHEMA``) → result rows (``rows.RESULT_SCHEMA``)."""
+        return self._torch_thread.submit(self._generate, batch).result()
+
+    def _generate(self, batch: pa.Table) -> pa.Table:
         results = generate_rows(self.engine, batch.to_pylist(), self.defaults, self.chat)
         return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
 
