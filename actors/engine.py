@@ -16,6 +16,7 @@ it is the verifier's, token for token.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import random
 import time
@@ -79,7 +80,8 @@ class Engine:
             config.adaptive_budget,
             self.verifier.runner.rows_computed,
         )
-        #: steps, speculated / speculation_hits (trees drafted ahead / used), drafter_failures
+        #: steps, speculated / speculation_hits (trees drafted ahead / used), drafter_failures,
+        #: aborted (requests stopped by their caller)
         self.counters: Counter[str] = Counter()
         self._waiting: deque[Request] = deque()
         self._running: dict[int, Request] = {}
@@ -145,7 +147,7 @@ class Engine:
             self.check_prompt(prompt_ids)
         requests = [self.submit(ids, p) for ids, p in zip(prompts, per_request)]
         while not all(r.done for r in requests):
-            await asyncio.shield(self._task)
+            await asyncio.wait([self._task])  # the loop may serve others after ours: never cancel it
         failed = next((r for r in requests if r.error), None)
         if failed:
             raise RuntimeError(f"generation failed: {failed.error}")
@@ -159,7 +161,11 @@ class Engine:
             request.updates = asyncio.Queue()
         self._waiting.append(request)
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._run())
+            # A fresh context: the loop serves every request, so it must not inherit the one that
+            # started it (Ray Serve cancels the calls made in a request's context when its client
+            # leaves, and the loop's drafter calls would be among them).
+            loop = asyncio.get_running_loop()
+            self._task = loop.create_task(self._run(), context=contextvars.Context())
         return request
 
     async def stream(self, prompt_ids: list[int], params: SamplingParams) -> AsyncIterator[RequestUpdate]:
@@ -185,6 +191,19 @@ class Engine:
     # -- the step loop --------------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except BaseException as exc:  # cancelled or shut down: no request may wait on a dead loop
+            self._fail_running(exc)
+            for request in self._waiting:
+                request.error = "the engine loop stopped"
+                request.finish("error")
+                request.publish()
+            self._waiting.clear()
+            raise
+
+    async def _loop(self) -> None:
+        """Steps until no request is left."""
         prefetched: dict[int, DraftTree] = {}
         while True:
             await asyncio.sleep(0)  # the step below holds the thread: let streams and submits run
@@ -196,10 +215,13 @@ class Engine:
                 prefetched = await self._step(prefetched)
             except Exception as exc:
                 log.exception("engine step failed; failing its %d requests", len(self._running))
-                for request in list(self._running.values()):
-                    request.error = f"{type(exc).__name__}: {exc}"
-                    self._finish(request, "error")
+                self._fail_running(exc)
                 prefetched = {}
+
+    def _fail_running(self, exc: BaseException) -> None:
+        for request in list(self._running.values()):
+            request.error = f"{type(exc).__name__}: {exc}"
+            self._finish(request, "error")
 
     def _admit(self) -> None:
         while self._waiting and self.verifier.free_slots:
@@ -213,8 +235,10 @@ class Engine:
             self._waiting.remove(request)
             request.finish("abort")
             request.publish()
+            self.counters["aborted"] += 1
         for request in [r for r in self._running.values() if r.cancelled]:
             self._finish(request, "abort")
+            self.counters["aborted"] += 1
 
     def _finish(self, request: Request, reason: str) -> None:
         self.verifier.release(request.seq_id)

@@ -1,6 +1,7 @@
 """Asynchronous speculation, remote-drafter faults and streaming: output stays the verifier's."""
 
 import asyncio
+import contextvars
 
 import pytest
 
@@ -16,7 +17,7 @@ GREEDY = SamplingParams(max_new_tokens=24, ignore_eos=True)
 
 
 def config(**overrides) -> EngineConfig:
-    return EngineConfig(device="cpu", max_model_len=256, max_batch_size=3, **overrides)
+    return EngineConfig(**{"device": "cpu", "max_model_len": 256, "max_batch_size": 3, **overrides})
 
 
 @pytest.mark.parametrize("drafter", ["ngram", "model"])
@@ -106,3 +107,54 @@ def test_stream_yields_the_generated_text_and_closing_it_aborts(tiny_lm):
 
     assert asyncio.run(abort_early()) == 0
     assert engine.verifier.free_slots == 3
+    assert engine.counters["aborted"] == 1
+
+
+class ContextProbe(LocalDrafter):
+    """A drafter link that records what a context variable holds when the engine calls it."""
+
+    variable = contextvars.ContextVar("caller", default=None)
+
+    def __init__(self):
+        super().__init__(DrafterWorker(NgramDrafter()))
+        self.seen = set()
+
+    async def draft(self, call: DraftCall):
+        self.seen.add(self.variable.get())
+        return await super().draft(call)
+
+
+def test_the_step_loop_does_not_run_in_the_context_of_the_request_that_started_it(tiny_lm):
+    """Ray Serve cancels the calls made in a request's context when its client leaves: the
+    loop's drafter calls serve every request, so they must not belong to the first one."""
+    probe = ContextProbe()
+    engine = Engine(config(async_speculation=True), tiny_lm, probe)
+
+    async def first_request():
+        ContextProbe.variable.set("request 1")
+        return await engine.generate_async([prompts(1)[0]], GREEDY)
+
+    asyncio.run(first_request())
+    assert probe.seen == {None}
+
+
+def test_a_step_loop_that_is_cancelled_ends_its_streams_with_an_error(tiny_lm):
+    engine = Engine(config(max_batch_size=1), tiny_lm, NgramDrafter())
+
+    async def cancel_mid_stream():
+        first_prompt, second_prompt = prompts(2, seed=3)
+        stream = engine.stream(first_prompt, GREEDY)
+        first = await stream.__anext__()
+        waiting = asyncio.ensure_future(engine.generate_async([second_prompt], GREEDY))
+        await asyncio.sleep(0)  # submitted: it waits for the one KV slot
+        engine._task.cancel()
+        rest = [update async for update in stream]
+        with pytest.raises(RuntimeError, match="generation failed: the engine loop stopped"):
+            await waiting
+        return first, rest
+
+    first, rest = asyncio.run(cancel_mid_stream())
+    assert first.finish_reason is None
+    assert [update.finish_reason for update in rest][-1:] == ["error"]
+    assert all(update.finish_reason is None for update in rest[:-1])
+    assert engine.num_running + engine.num_waiting == 0
