@@ -14,8 +14,10 @@ drafted as much. The fit is therefore made on padded tokens, and :meth:`BudgetCo
 cuts the step's trees to the common size that maximises its expected tokens per second. The
 drafter's confidences are taken at the rate they have actually been accepted (:class:`Calibration`).
 Where the verifier computes more rows than it is given (a CPU pads a few row counts to cheaper
-ones, :mod:`actors.cpu_linear`), fit and trim count the rows it computes, so a node that costs
-nothing is kept.
+ones, :mod:`actors.cpu_linear`), fit and trim count the rows it computes, and the budget tells
+the drafter how many nodes fit in the padding for free (:attr:`DraftBudget.free_nodes`): with 1 row
+computed as 4, a fit over the padded step function alone had put the cost of one node at a whole
+step and switched drafting off.
 """
 
 from __future__ import annotations
@@ -40,14 +42,17 @@ class LinearCost:
         self.sums = [w + 1, wx + tokens, wy + seconds, wxx + tokens * tokens, wxy + tokens * seconds]
 
     def coefficients(self) -> tuple[float, float]:
-        """``(a, b)``; ``b = 0`` until the observed sizes vary."""
+        """``(a, b)``, both >= 0 (a fit whose intercept would be negative is refitted through the
+        origin); ``b = 0`` until the observed sizes vary."""
         w, wx, wy, wxx, wxy = self.sums
         if w == 0:
             return 0.0, 0.0
         mean_x, mean_y = wx / w, wy / w
         var = wxx / w - mean_x**2
         slope = max((wxy / w - mean_x * mean_y) / var, 0.0) if var > 1e-9 else 0.0
-        return max(mean_y - slope * mean_x, 0.0), slope
+        if mean_y - slope * mean_x < 0:
+            return 0.0, wxy / wxx
+        return mean_y - slope * mean_x, slope
 
 
 class BudgetController:
@@ -77,7 +82,8 @@ class BudgetController:
             a, b = self.verify_cost.coefficients()
             share = a / batch_size + b
             node_cost = b / share if share > 0 else 0.0
-        return DraftBudget(max_nodes=self.max_nodes, max_depth=self.max_depth, node_cost=node_cost)
+        free = (self.rows_computed(batch_size) - batch_size) // batch_size  # rows padded in anyway
+        return DraftBudget(self.max_nodes, self.max_depth, node_cost, min(free, self.max_nodes))
 
     def trim(self, trees: list[DraftTree]) -> list[DraftTree]:
         """Cut every tree to the first ``n`` nodes, for the ``n`` that maximises the step's

@@ -61,11 +61,14 @@ class DraftBudget:
         max_depth: longest root-to-leaf path.
         node_cost: what verifying one more node costs, as a fraction of what this sequence's
             share of a step costs without drafts (0: drafts are free, fill the budget).
+        free_nodes: nodes that cost nothing (the verifier computes that many rows anyway: a CPU
+            pads some row counts to cheaper ones); ``node_cost`` applies beyond them.
     """
 
     max_nodes: int
     max_depth: int
     node_cost: float = 0.0
+    free_nodes: int = 0
 
     def admits(self, confidence: float, expected: float, nodes: int) -> bool:
         """Whether a node of path ``confidence`` raises expected tokens per unit of time, given a
@@ -74,11 +77,15 @@ class DraftBudget:
         node it refuses.
 
         Tokens per time go from ``expected / cost`` to ``(expected + confidence) / (cost +
-        node_cost)`` with ``cost = 1 + node_cost · nodes``; that is a gain exactly when
-        ``confidence · cost > node_cost · expected``.
+        node_cost)`` with ``cost = 1 + node_cost · (nodes - free_nodes)``; that is a gain exactly
+        when ``confidence · cost > node_cost · expected``. The first ``free_nodes`` cost nothing.
         """
-        cost = 1 + self.node_cost * nodes
-        return nodes < self.max_nodes and confidence * cost > self.node_cost * expected
+        if nodes >= self.max_nodes:
+            return False
+        if nodes < self.free_nodes:
+            return confidence > 0
+        cost = 1 + self.node_cost * (nodes - self.free_nodes)
+        return confidence * cost > self.node_cost * expected
 
 
 @dataclass(frozen=True)

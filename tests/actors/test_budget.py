@@ -101,3 +101,25 @@ def test_trim_keeps_a_node_the_padded_rows_make_free():
     tree = DraftTree.chain(0, [5, 6, 7], [0.9, 0.5, 0.5])  # path confidences 0.9, 0.45, 0.225
     assert len(plain.trim([tree])[0]) == 2
     assert len(padded.trim([tree])[0]) == 3
+
+
+def test_a_fit_with_a_negative_intercept_is_refitted_through_the_origin():
+    """Padded row counts make a step function: 4 rows at 75 ms and 5 at 100 ms would fit a line
+    below zero at 0 rows. Clamping only the intercept would predict 4 rows at 100 ms and stop
+    speculation; the refit keeps the line close to both points."""
+    cost = LinearCost()
+    for _ in range(20):
+        cost.observe(4, 0.075)
+        cost.observe(5, 0.100)
+    a, b = cost.coefficients()
+    assert a == 0.0 and b == pytest.approx(0.8 / 41, rel=1e-3)  # (4·75 + 5·100) / (4² + 5²) ms
+
+
+def test_nodes_inside_the_padded_rows_are_drafted_whatever_they_cost():
+    budget = BudgetController(16, 8, rows_computed=lambda n: 4 if n <= 4 else n)
+    for tokens, seconds in [(4, 0.08), (5, 0.2)] * 10:  # a node beyond the padding costs a lot
+        budget.observe(tokens, seconds)
+    plan = budget.plan(1)
+    assert plan.free_nodes == 3 and plan.node_cost > 0.5
+    assert [plan.admits(0.01, 1.0, nodes) for nodes in range(5)] == [True, True, True, False, False]
+    assert budget.plan(4).free_nodes == 0  # four sequences fill the padded rows themselves
