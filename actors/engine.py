@@ -62,7 +62,9 @@ class Engine:
         self.model = loaded.model.to(self.device)
         self.tokenizer = loaded.tokenizer
         self.eos_ids = eos_token_ids(self.model, self.tokenizer)
-        self.verifier = Verifier(self.model, config.max_batch_size, config.max_model_len, config.attention)
+        self.verifier = Verifier(
+            self.model, config.max_batch_size, config.max_model_len, config.attention, config.decoder
+        )
         if drafter is None:
             drafter = build_drafter(config, self.model, self.device)
         self.drafter_model = getattr(drafter, "assistant_model", None)

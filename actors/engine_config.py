@@ -21,6 +21,8 @@ class EngineConfig:
         device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
         attention: tree attention backend: ``auto`` (Triton on CUDA, reference on CPU),
             ``triton`` or ``reference``.
+        decoder: how the verifier and model drafters run their layers: ``auto`` (Tandem's lean
+            forward for Llama, Qwen2 and Mistral, transformers' for the rest) or ``transformers``.
         max_batch_size: sequences decoded together (KV cache slots).
         max_model_len: prompt + generated tokens per sequence (KV cache length).
         max_draft_nodes: upper bound on a draft tree's size.
@@ -40,6 +42,7 @@ class EngineConfig:
     dtype: str = "float32"
     device: str = "auto"
     attention: str = "auto"
+    decoder: str = "auto"
     max_batch_size: int = 8
     max_model_len: int = 2048
     max_draft_nodes: int = 32
@@ -57,6 +60,8 @@ def validate(config: EngineConfig) -> None:
         raise ValueError(f"device must be auto, cpu or cuda, got {config.device!r}")
     if config.attention not in ("auto", "triton", "reference"):
         raise ValueError(f"attention must be auto, triton or reference, got {config.attention!r}")
+    if config.decoder not in ("auto", "transformers"):
+        raise ValueError(f"decoder must be auto or transformers, got {config.decoder!r}")
     for key in ("max_batch_size", "max_model_len", "max_draft_depth"):
         if getattr(config, key) <= 0:
             raise ValueError(f"{key} must be > 0, got {getattr(config, key)}")

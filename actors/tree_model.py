@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from transformers import AttentionInterface, PreTrainedModel
@@ -16,6 +17,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from actors.cpu_linear import rows_computed, speeds_up, use_weight_major
+from actors.lean_decoder import LeanDecoder
 from kernels.tree_attention import dense_tree_mask, pack_bits, tree_attention
 
 ATTENTION_NAME = "tandem_tree"
@@ -63,21 +65,17 @@ class TreeBatch:
     backend: str
 
 
-def tree_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """The ``tandem_tree`` attention function: cache write + tree attention, SDPA otherwise."""
-    batch: TreeBatch | None = kwargs.pop("tree_batch", None)
-    if batch is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
-    layer = module.layer_idx
+def attend(batch: TreeBatch, layer: int, query, key, value, scale: float | None) -> torch.Tensor:
+    """Write a layer's new keys and values (``[B, Hkv, Tq, D]``) into the cache, then tree-attend
+    ``query`` (``[B, Hq, Tq, D]``) over it; returns ``[B, Hq, Tq, D]``."""
     cache_k, cache_v = batch.cache_k[layer], batch.cache_v[layer]
-    # key: [B, Hkv, Tq, D] → the valid tokens' rows into their cache positions.
     cache_k[batch.write_slots, :, batch.write_pos] = key[batch.write_rows, :, batch.write_cols]
     cache_v[batch.write_slots, :, batch.write_pos] = value[batch.write_rows, :, batch.write_cols]
     if batch.slots is None:
         keys, values = cache_k[: batch.rows], cache_v[: batch.rows]
     else:  # a few scattered slots: gather just their used positions
         keys, values = cache_k[batch.slots, :, : batch.kv_len], cache_v[batch.slots, :, : batch.kv_len]
-    out = tree_attention(
+    return tree_attention(
         query,
         keys,
         values,
@@ -85,12 +83,19 @@ def tree_attention_forward(module, query, key, value, attention_mask, scaling=No
         batch.tree_lens,
         batch.q_lens,
         batch.tree_mask,
-        scale=scaling,
+        scale=scale,
         backend=batch.backend,
         dense_mask=batch.dense_mask,
         check=layer == 0,  # the metadata is the same for every layer
     )
-    return out.transpose(1, 2).contiguous(), None
+
+
+def tree_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """The ``tandem_tree`` attention function: :func:`attend`, or SDPA for a call without a tree."""
+    batch: TreeBatch | None = kwargs.pop("tree_batch", None)
+    if batch is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling, **kwargs)
+    return attend(batch, module.layer_idx, query, key, value, scaling).transpose(1, 2).contiguous(), None
 
 
 AttentionInterface.register(ATTENTION_NAME, tree_attention_forward)
@@ -162,9 +167,11 @@ class TreeModel:
         slots: sequences held at once.
         max_len: cache positions per sequence (prompt + generated + tree).
         backend: tree attention backend (``auto``, ``triton`` or ``reference``).
+        decoder: ``auto`` runs the layers through :class:`~actors.lean_decoder.LeanDecoder` when it
+            knows the architecture; ``transformers`` always through the model's own forward.
     """
 
-    def __init__(self, model: PreTrainedModel, slots: int, max_len: int, backend: str = "auto"):
+    def __init__(self, model: PreTrainedModel, slots: int, max_len: int, backend="auto", decoder="auto"):
         config = model.config
         model.config._attn_implementation = ATTENTION_NAME
         if speeds_up(model):
@@ -173,6 +180,8 @@ class TreeModel:
         #: padded to more: actors/cpu_linear.py)
         self.rows_computed = rows_computed(model)
         self.model = model
+        #: the backbone as a few calls per layer (None: transformers' own forward runs it)
+        self.decoder = LeanDecoder.of(model) if decoder == "auto" else None
         self.max_len = max_len
         self.backend = backend
         param = next(model.parameters())
@@ -193,9 +202,12 @@ class TreeModel:
         the final norm), row ``i`` for ``inputs[i]``, padded to the longest input."""
         order = sorted(range(len(inputs)), key=lambda i: inputs[i].slot)
         batch, input_ids, position_ids = self._batch([inputs[i] for i in order])
-        hidden = self.model.model(
-            input_ids=input_ids, position_ids=position_ids, use_cache=False, tree_batch=batch
-        ).last_hidden_state
+        if self.decoder is not None:
+            hidden = self.decoder(input_ids, position_ids, partial(attend, batch))
+        else:
+            hidden = self.model.model(
+                input_ids=input_ids, position_ids=position_ids, use_cache=False, tree_batch=batch
+            ).last_hidden_state
         if order == list(range(len(inputs))):
             return hidden
         return hidden[torch.tensor(order, device=hidden.device).argsort()]

@@ -55,13 +55,16 @@ def build_drafter(
         if verifier is None:
             raise ValueError("drafter 'early-exit' runs inside the verifier; it needs the verifier model")
         view = truncated_view(verifier, int(arg or DEFAULT_EARLY_EXIT_LAYERS))
-        return ModelDrafter(view, slots, length, attention=config.attention, vocab=config.draft_vocab)
+        return ModelDrafter(view, slots, length, **runner_settings(config))
     draft = load_drafter(arg, config.dtype, config.model if verifier is None else verifier).to(device)
     if verifier is not None and draft.config.vocab_size != verifier.config.vocab_size:
         raise ValueError(
             f"drafter {arg} has vocab_size {draft.config.vocab_size}, the verifier "
             f"{verifier.config.vocab_size}: a drafter must share the verifier's tokenizer"
         )
-    return ModelDrafter(
-        draft, slots, length, attention=config.attention, assistant_model=draft, vocab=config.draft_vocab
-    )
+    return ModelDrafter(draft, slots, length, assistant_model=draft, **runner_settings(config))
+
+
+def runner_settings(config: EngineConfig) -> dict:
+    """How a model drafter runs its layers, from the engine's settings."""
+    return {"attention": config.attention, "decoder": config.decoder, "vocab": config.draft_vocab}

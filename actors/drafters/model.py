@@ -52,6 +52,7 @@ class ModelDrafter(Drafter):
         branching: children considered per expanded node (top-k).
         threshold: smallest path probability worth drafting.
         attention: tree attention backend.
+        decoder: ``auto`` or ``transformers`` (see :class:`~actors.tree_model.TreeModel`).
         assistant_model: the model to hand Hugging Face as ``assistant_model`` in benchmarks
             (``model`` itself for a standalone drafter; None for a view of the verifier).
         vocab: draft only among token ids ``0 .. vocab - 1`` (0 = every token).
@@ -65,10 +66,11 @@ class ModelDrafter(Drafter):
         branching: int = 4,
         threshold: float = 0.05,
         attention: str = "auto",
+        decoder: str = "auto",
         assistant_model: PreTrainedModel | None = None,
         vocab: int = 0,
     ):
-        self.runner = TreeModel(model, max_batch_size, max_model_len, attention)
+        self.runner = TreeModel(model, max_batch_size, max_model_len, attention, decoder)
         self.head = draft_head(model.lm_head, vocab)
         self.slots = SlotTable(max_batch_size)
         self.branching = branching

@@ -53,10 +53,18 @@ class Verifier:
         max_model_len: cache positions per sequence; a prompt plus its generation plus one draft
             tree must fit.
         attention: tree attention backend (``auto``, ``triton`` or ``reference``).
+        decoder: ``auto`` or ``transformers`` (see :class:`~actors.tree_model.TreeModel`).
     """
 
-    def __init__(self, model: PreTrainedModel, max_batch_size: int, max_model_len: int, attention="auto"):
-        self.runner = TreeModel(model, max_batch_size, max_model_len, attention)
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        max_batch_size: int,
+        max_model_len: int,
+        attention="auto",
+        decoder="auto",
+    ):
+        self.runner = TreeModel(model, max_batch_size, max_model_len, attention, decoder)
         self.max_model_len = max_model_len
         self.sequences: dict[int, _Sequence] = {}
         self.slots = SlotTable(max_batch_size)
