@@ -1,13 +1,14 @@
 """A lean forward of a Llama-family decoder (Llama, Qwen2, Mistral) for tree verification.
 
-transformers' layer code spends about a quarter of a SmolLM2-135M verifier step on a 2-core CPU
-in Python and small tensor ops around the products (keyword plumbing, mask and cache classes,
+For a small model, transformers' layer code spends a good part of a verifier step on a CPU in
+Python and in small tensor ops around the products (keyword plumbing, mask and cache classes,
 per-projection calls). This forward runs the same arithmetic on the same parameters with few
 calls per layer: the q/k/v projections are one product, and so are gate/up, through fused linear
 layers whose weights the original projections become views of (no second copy; in-place loads
-such as ``load_state_dict`` reach both). Measured on that CPU, backbone over a 300-token prefix:
-1 / 2 / 4 / 8 query rows 75.6 / 74.2 / 82.9 / 121.7 ms through transformers, 56.6 / 57.9 / 64.1 /
-94.6 ms here (docs/benchmarks.md). Architectures it does not know run through transformers.
+such as ``load_state_dict`` reach both). Measured on that CPU over a 300-token prefix, backbone and
+LM head for 1 / 2 / 4 / 8 query rows: 86.6 / 92.8 / 89.2 / 125.3 ms through transformers, 75.1 /
+82.6 / 76.3 / 116.8 ms here; in the engine, 107.9 → 100.9 ms per step (docs/benchmarks.md).
+Architectures it does not know, or ``engine.decoder=transformers``, run through transformers.
 """
 
 from __future__ import annotations
