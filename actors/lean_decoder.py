@@ -13,6 +13,7 @@ Architectures it does not know, or ``engine.decoder=transformers``, run through 
 
 from __future__ import annotations
 
+import inspect
 import weakref
 from collections.abc import Callable
 
@@ -40,7 +41,8 @@ def fuse(linears: list[nn.Linear]) -> nn.Linear:
     bias = torch.cat([bias_of(linear) for linear in linears]) if any(has_bias) else None
     fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
     fused.__class__ = type(first)  # nn.Linear, or the weight-major product on a CPU
-    fused.__dict__.update({k: v for k, v in first.__dict__.items() if k == "row_counts"})
+    if "row_counts" in vars(first):  # the CPU's measured padding of row counts
+        fused.row_counts = first.row_counts
     grad = first.weight.requires_grad
     fused.weight = nn.Parameter(weight, requires_grad=grad)
     fused.bias = nn.Parameter(bias, requires_grad=grad) if bias is not None else None
@@ -63,28 +65,20 @@ def bias_of(linear: nn.Linear) -> torch.Tensor:
     return linear.bias.detach() if linear.bias is not None else linear.weight.new_zeros(linear.out_features)
 
 
-def rms_norm(x: torch.Tensor, norm: nn.Module) -> torch.Tensor:
-    """Llama's RMSNorm (computed in float32, scaled in the input's dtype)."""
-    x32 = x.float()
-    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
-    return norm.weight * x32.to(x.dtype)
-
-
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
-
-
 class _Layer:
     def __init__(self, layer: nn.Module):
         attention, mlp = layer.self_attn, layer.mlp
-        self.qkv = fuse([attention.q_proj, attention.k_proj, attention.v_proj])
+        qkv = [attention.q_proj, attention.k_proj, attention.v_proj]
+        gate_up = [mlp.gate_proj, mlp.up_proj]
         self.q_size, self.kv_size = attention.q_proj.out_features, attention.k_proj.out_features
         self.out = attention.o_proj
         self.scale = attention.scaling
-        self.gate_up = fuse([mlp.gate_proj, mlp.up_proj])
         self.down, self.act = mlp.down_proj, mlp.act_fn
         self.norm_in, self.norm_post = layer.input_layernorm, layer.post_attention_layernorm
+        # the architecture's own rotary embedding (its modeling module's function)
+        self.rotate = inspect.getmodule(type(attention)).apply_rotary_pos_emb
+        # fused last: a layout this class cannot read fails above, before any weight is touched
+        self.qkv, self.gate_up = fuse(qkv), fuse(gate_up)
 
 
 class LeanDecoder:
@@ -114,17 +108,18 @@ class LeanDecoder:
         writes a layer's new keys and values to the cache and attends over it."""
         rows, width = input_ids.shape
         hidden = self.embed(input_ids)
-        cos, sin = (part.unsqueeze(1) for part in self.rotary(hidden, position_ids))  # [B, 1, T, D]
+        cos, sin = self.rotary(hidden, position_ids)  # [B, T, D]
         hidden = hidden.view(rows * width, -1)
         heads = (self.q_heads, self.kv_heads, self.kv_heads)
         for index, layer in enumerate(self.layers):
-            qkv = layer.qkv(rms_norm(hidden, layer.norm_in))
+            qkv = layer.qkv(layer.norm_in(hidden))
             q, k, v = (
                 part.view(rows, width, count, self.head_dim).transpose(1, 2)
                 for part, count in zip(qkv.split([layer.q_size, layer.kv_size, layer.kv_size], -1), heads)
             )
-            out = attend(index, rotate(q, cos, sin), rotate(k, cos, sin), v, layer.scale)
+            q, k = layer.rotate(q, k, cos, sin)
+            out = attend(index, q, k, v, layer.scale)
             hidden = hidden + layer.out(out.transpose(1, 2).reshape(rows * width, -1))
-            gate, up = layer.gate_up(rms_norm(hidden, layer.norm_post)).chunk(2, dim=-1)
+            gate, up = layer.gate_up(layer.norm_post(hidden)).chunk(2, dim=-1)
             hidden = hidden + layer.down(layer.act(gate) * up)
-        return rms_norm(hidden, self.norm).view(rows, width, -1)
+        return self.norm(hidden).view(rows, width, -1)
