@@ -13,6 +13,17 @@ if not torch.cuda.is_available():
 
 import pytest  # noqa: E402
 
+#: the layout of the tiny random Llama-family models the tests build
+TINY_SHAPE = dict(
+    vocab_size=64,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+)
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
@@ -41,13 +52,7 @@ def make_tiny_model(seed: int = 0, layers: int = 2, vocab: int = 64, spread: flo
 
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **TINY_SHAPE | dict(vocab_size=vocab, num_hidden_layers=layers),
         initializer_range=spread,
         eos_token_id=62 if vocab > 63 else None,
         pad_token_id=63 if vocab > 63 else None,

@@ -19,18 +19,9 @@ from actors.messages import SamplingParams
 from actors.models import LoadedModel
 from actors.tree_model import TreeInput, TreeModel
 from tests.actors.test_lossless import plain_greedy, prompts
+from tests.conftest import TINY_SHAPE
 
-SHAPE = dict(
-    vocab_size=64,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    initializer_range=0.5,
-    tie_word_embeddings=False,
-)
+SHAPE = TINY_SHAPE | dict(initializer_range=0.5, tie_word_embeddings=False)
 FAMILY = {
     "llama": lambda: LlamaForCausalLM(LlamaConfig(**SHAPE, attention_bias=True)),
     "qwen2": lambda: Qwen2ForCausalLM(Qwen2Config(**SHAPE)),  # q/k/v biases, no o_proj bias

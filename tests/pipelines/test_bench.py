@@ -15,6 +15,7 @@ from pipelines import bench, bench_report
 from pipelines.bench import BenchConfig
 from pipelines.bench_report import BEGIN, END
 from pipelines.config import ConfigError, load_config
+from tests.conftest import TINY_SHAPE
 
 # ---------------------------------------------------------------- prompts
 
@@ -185,17 +186,7 @@ class TinyEngine:
 
     def __init__(self, corrupt: bool = False):
         torch.manual_seed(0)
-        config = LlamaConfig(
-            vocab_size=128,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=512,
-            eos_token_id=2,
-            pad_token_id=2,
-        )
+        config = LlamaConfig(**TINY_SHAPE | dict(vocab_size=128), eos_token_id=2, pad_token_id=2)
         self.model = LlamaForCausalLM(config).eval()
         self.tokenizer = SimpleNamespace(eos_token_id=2, pad_token_id=2)
         self.drafter_model = None
