@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from actors.trainers.checkpoints import load_checkpoint, save_checkpoint
+from actors.trainers.checkpoints import OPTIMIZER_FILE, load_checkpoint, save_checkpoint
 from actors.trainers.data import TokenBatch, chain_steps, collate, step_rows
 from actors.trainers.losses import LOSSES, distill_loss
 
@@ -132,15 +132,21 @@ class Distiller:
         self.student, self.config = student.train(), config
         if config.freeze_embeddings:
             student.get_input_embeddings().requires_grad_(False)
-        objective = DistillObjective(student, config)
-        self.objective = wrap(objective) if wrap else objective
         trainable = [p for p in student.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            trainable, lr=config.learning_rate, weight_decay=config.weight_decay, foreach=False
-        )
+        self.objective, self.optimizer = self._prepare(DistillObjective(student, config), trainable, wrap)
         self.device = next(student.parameters()).device
         self.step = 0
         self.history: list[dict] = []
+
+    def _prepare(
+        self, objective: nn.Module, trainable: list[nn.Parameter], wrap: Callable | None
+    ) -> tuple[nn.Module, torch.optim.Optimizer]:
+        """The module that computes the loss (``objective``, wrapped) and the optimizer."""
+        cfg = self.config
+        optimizer = torch.optim.AdamW(
+            trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay, foreach=False
+        )
+        return (wrap(objective) if wrap else objective), optimizer
 
     def learning_rate(self, step: int) -> float:
         """Linear warm-up to ``learning_rate``, then cosine decay to ``min_lr_ratio`` of it."""
@@ -157,14 +163,18 @@ class Distiller:
             group["lr"] = self.learning_rate(self.step)
         batch = batch.to(self.device)
         loss, _ = self.objective(batch.input_ids, batch.mask, batch.topk_ids, batch.topk_probs)
+        self._update(loss)
+        self.step += 1
+        return float(loss.detach())
+
+    def _update(self, loss: torch.Tensor) -> None:
+        """Back-propagate ``loss`` and take the optimizer step (gradients clipped)."""
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip:
             params = [p for group in self.optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, self.config.grad_clip)
         self.optimizer.step()
-        self.step += 1
-        return float(loss.detach())
 
     @torch.no_grad()
     def evaluate(self, rows: list[dict]) -> dict:
@@ -193,11 +203,22 @@ class Distiller:
             "val_tokens_per_step": tokens / max(steps, 1),
         }
 
-    def save(self, folder: str | Path, tokenizer: PreTrainedTokenizerBase | None) -> Path:
+    def save(
+        self, folder: str | Path, tokenizer: PreTrainedTokenizerBase | None, rank: int = 0
+    ) -> Path | None:
+        """Write a checkpoint into ``folder``; called on every worker, the folder is returned by
+        those that wrote into it (here worker 0: the others hold the same state)."""
+        if rank:
+            return None
         state = {"step": self.step, "history": self.history}
         return save_checkpoint(folder, self.student, tokenizer, self.optimizer, state)
 
     def restore(self, folder: str | Path) -> None:
+        if not (Path(folder) / OPTIMIZER_FILE).is_file():
+            raise ValueError(
+                f"checkpoint {folder} has no {OPTIMIZER_FILE}: it was saved with another "
+                "workers.strategy; resume it with that strategy"
+            )
         state = load_checkpoint(folder, self.student, self.optimizer)
         self.step, self.history = int(state["step"]), list(state.get("history", []))
 
@@ -220,8 +241,9 @@ def train(
 
     Every ``log_every`` steps each worker calls ``report`` with the mean loss since the last
     report (and ``started_at``, the step this run started from); every ``checkpoint_every``
-    steps and at the end, worker 0 also evaluates on ``val_rows``, writes a checkpoint into
-    ``save_to(step)`` and passes that folder. A fresh run first reports the untrained student's
+    steps and at the end, worker 0 also evaluates on ``val_rows``, and the workers that write a
+    checkpoint into ``save_to(step)`` (:meth:`Distiller.save`) pass that folder (Ray Train merges
+    them). A fresh run first reports the untrained student's
     held-out metrics (step 0); a resumed one first reports the step it resumed from.
     """
     cfg = distiller.config
@@ -245,12 +267,10 @@ def train(
             continue
         metrics = {"step": step, "loss": sum(losses) / len(losses), "lr": lr, "started_at": started_at}
         losses = []
-        folder = None
         if checkpoint and rank == 0:
             metrics |= distiller.evaluate(val_rows)
+        if rank == 0:
             distiller.history.append(metrics)
-            folder = distiller.save(save_to(step), tokenizer)
-        elif rank == 0:
-            distiller.history.append(metrics)
+        folder = distiller.save(save_to(step), tokenizer, rank) if checkpoint else None
         report(metrics, folder)
     return distiller

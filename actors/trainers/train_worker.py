@@ -2,9 +2,11 @@
 
 Each worker builds the student, reads every training row (the rows are small: token ids and a
 top-k per position), takes its share of each global batch, and trains with DDP (gloo on CPU,
-NCCL on GPU) through ``ray.train.torch.prepare_model``. Worker 0 evaluates and writes the
-checkpoints; Ray Train persists them to the run's ``storage_path`` and hands the latest back
-through ``ray.train.get_checkpoint()`` when a run of the same name is started again (resume).
+NCCL on GPU) through ``ray.train.torch.prepare_model``, or with DeepSpeed ZeRO-2
+(``strategy="deepspeed"``, ``actors/trainers/zero.py``) over the same process group. Worker 0
+evaluates and writes the weights; Ray Train persists the checkpoints (with ZeRO, every worker's
+optimizer partition merged in) to the run's ``storage_path`` and hands the latest back through
+``ray.train.get_checkpoint()`` when a run of the same name is started again (resume).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def train_loop_per_worker(config: dict) -> None:
     Args:
         config: ``train`` (:class:`TrainConfig`), ``student`` (:class:`StudentConfig`),
             ``verifier`` (the verifier's model spec), ``data`` (a pyarrow filesystem and the
-            folder of the training rows' Parquet files).
+            folder of the training rows' Parquet files), ``strategy`` (``ddp`` or ``deepspeed``).
     """
     import ray.train
     from ray.train import Checkpoint
@@ -43,7 +45,12 @@ def train_loop_per_worker(config: dict) -> None:
     rows = read_rows(*config["data"])
     train_rows = [row for row in rows if row["split"] == "train"]
     val_rows = [row for row in rows if row["split"] == "val"]
-    distiller = Distiller(student, cfg, wrap=prepare_model if world > 1 else None)
+    if config.get("strategy", "ddp") == "deepspeed":
+        from actors.trainers.zero import ZeroDistiller
+
+        distiller = ZeroDistiller(student, cfg, world)
+    else:
+        distiller = Distiller(student, cfg, wrap=prepare_model if world > 1 else None)
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:

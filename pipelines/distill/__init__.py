@@ -6,10 +6,10 @@
 Stages: prompts (local or ``s3://`` JSONL/Parquet, HumanEval by default) → Ray Data
 ``map_batches`` over verifier actors, which generate responses with the speculative engine and
 record the verifier's top-k next tokens at every response position → Parquet rows in the run's
-storage → Ray Train ``TorchTrainer`` (DDP; FKL/RKL/JSD/TVD over the top-k) with safetensors
-checkpoints in ``storage_path`` (a re-run of the same name resumes from the latest) → the final
-drafter measured with the engine before/after, copied to ``output`` and hot-swapped into live
-drafter actors.
+storage → Ray Train ``TorchTrainer`` (DDP or DeepSpeed ZeRO-2; FKL/RKL/JSD/TVD over the top-k)
+with safetensors checkpoints in ``storage_path`` (a re-run of the same name resumes from the
+latest) → the final drafter measured with the engine before/after, copied to ``output`` and
+hot-swapped into live drafter actors.
 """
 
 from pipelines.distill.config import DataConfig, DistillConfig, EvalConfig, WorkersConfig

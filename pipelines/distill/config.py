@@ -61,7 +61,9 @@ class WorkersConfig:
         num_workers: data-parallel training workers.
         cpus_per_worker: CPUs each reserves (also its torch thread count unless ``train.threads``).
         use_gpu: one GPU per worker (NCCL); otherwise CPU with gloo.
-        strategy: ``ddp``; ``deepspeed`` is refused for now (see docs/distill.md).
+        strategy: ``ddp`` (PyTorch DDP) or ``deepspeed`` (ZeRO-2: gradients and optimizer state
+            partitioned over the workers; on GPUs and CPUs). A run resumes with the strategy and
+            the number of workers that saved it.
     """
 
     num_workers: int = 1
@@ -74,10 +76,8 @@ class WorkersConfig:
             raise ValueError("workers.num_workers must be >= 1 and workers.cpus_per_worker > 0")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"workers.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.strategy == "deepspeed":
-            if importlib.util.find_spec("deepspeed") is None or not self.use_gpu:
-                raise ValueError("workers.strategy=deepspeed needs the deepspeed package and use_gpu=true")
-            raise ValueError("workers.strategy=deepspeed is not implemented yet; use ddp")
+        if self.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
+            raise ValueError("workers.strategy=deepspeed needs the deepspeed package (pip install deepspeed)")
 
 
 @dataclass

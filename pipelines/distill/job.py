@@ -129,6 +129,7 @@ def fit(cfg: DistillConfig, data: tuple):
             "student": cfg.student,
             "verifier": cfg.engine.model,
             "data": data,
+            "strategy": workers.strategy,
         },
         torch_config=TorchConfig(backend="nccl" if workers.use_gpu else "gloo"),
         scaling_config=ScalingConfig(

@@ -3,6 +3,7 @@ correctly and load as drafters, batches are ordered by step, and a resumed run i
 uninterrupted one."""
 
 import random
+import socket
 
 import pytest
 import torch
@@ -109,10 +110,10 @@ def test_chain_steps_counts_verifier_steps_of_greedy_chain_drafting():
     assert chain_steps([True] * 10, 8) == 2
 
 
-def run(verifier, rows, folder, config, restore=None):
+def run(verifier, rows, folder, config, restore=None, make=Distiller):
     torch.manual_seed(0)
     student, tokenizer = build_student(StudentConfig(num_layers=1), verifier)
-    distiller = Distiller(student, config)
+    distiller = make(student, config)
     if restore:
         distiller.restore(restore)
     reports = []
@@ -144,6 +145,53 @@ def test_a_resumed_run_is_the_uninterrupted_run(verifier, rows, tmp_path):
     # a checkpoint is a drafter folder as it is
     engine = Engine(EngineConfig(model=verifier, drafter=f"model:{tmp_path / 'rest' / 's6'}", **ENGINE))
     assert engine.drafter_model is not None
+
+
+@pytest.fixture(scope="module")
+def process_group():
+    """A one-worker gloo process group, like the one Ray Train gives each worker."""
+    pytest.importorskip("deepspeed")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in (env | {"LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"}).items():
+            patch.setenv(key, value)
+        torch.distributed.init_process_group("gloo", rank=0, world_size=1)
+        yield
+        torch.distributed.destroy_process_group()
+
+
+def zero2(student, config):
+    from actors.trainers.zero import ZeroDistiller
+
+    return ZeroDistiller(student, config, world=1)
+
+
+def test_zero2_takes_the_ddp_steps_and_resumes_exactly(verifier, rows, tmp_path, process_group):
+    config = TrainConfig(
+        max_steps=6, batch_size=3, log_every=1, checkpoint_every=3, learning_rate=1e-2, warmup_steps=2
+    )
+    plain, _ = run(verifier, rows, tmp_path / "plain", config)
+    whole, _ = run(verifier, rows, tmp_path / "whole", config, make=zero2)
+    for name, value in plain.student.state_dict().items():  # same AdamW steps, same clipping
+        torch.testing.assert_close(whole.student.state_dict()[name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+    stopped_config = TrainConfig(**{**vars(config), "stop_at": 3})
+    stopped, _ = run(verifier, rows, tmp_path / "part", stopped_config, make=zero2)
+    assert stopped.step == 3 and (tmp_path / "part" / "s3" / "deepspeed").is_dir()
+    resumed, later = run(
+        verifier, rows, tmp_path / "rest", config, restore=tmp_path / "part" / "s3", make=zero2
+    )
+    assert [m["step"] for m, _ in later] == [3, 4, 5, 6]
+    for name, value in whole.student.state_dict().items():
+        torch.testing.assert_close(resumed.student.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    # the weights are a drafter folder as they are; DDP refuses the partitioned optimizer state
+    engine = Engine(EngineConfig(model=verifier, drafter=f"model:{tmp_path / 'rest' / 's6'}", **ENGINE))
+    assert engine.drafter_model is not None
+    with pytest.raises(ValueError, match="another workers.strategy"):
+        run(verifier, rows, tmp_path / "ddp", config, restore=tmp_path / "rest" / "s6")
 
 
 def test_checkpoint_restores_weights_and_optimizer_state(verifier, rows, tmp_path):
