@@ -98,6 +98,20 @@ def rows_computed(model: nn.Module) -> Callable[[int], int]:
     return layer.rows_computed if layer else int
 
 
+def linear_like(like: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None = None) -> nn.Linear:
+    """A linear layer of ``like``'s kind (``nn.Linear``, or weight-major with its measured row
+    counts) over ``weight`` and ``bias`` as they are: views stay views, nothing is copied, so
+    in-place loads into the tensors they view reach it."""
+    layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
+    layer.__class__ = type(like)
+    if "row_counts" in vars(like):
+        layer.row_counts = like.row_counts
+    grad = like.weight.requires_grad
+    layer.weight = nn.Parameter(weight.detach(), requires_grad=grad)
+    layer.bias = nn.Parameter(bias.detach(), requires_grad=grad) if bias is not None else None
+    return layer
+
+
 def stock_copy(model: nn.Module) -> nn.Module:
     """``model`` with plain ``nn.Linear`` layers, for running peers (Hugging Face ``generate``)
     exactly as transformers ships them: a copy when the engine swapped layers, else ``model``

@@ -20,6 +20,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from actors.cpu_linear import linear_like
+
 FAMILY = ("llama", "qwen2", "mistral")
 
 #: attend(layer index, q [B, Hq, T, D], k [B, Hkv, T, D], v, scale) → [B, Hq, T, D]
@@ -39,13 +41,8 @@ def fuse(linears: list[nn.Linear]) -> nn.Linear:
     weight = torch.cat([linear.weight.detach() for linear in linears])
     has_bias = [linear.bias is not None for linear in linears]
     bias = torch.cat([bias_of(linear) for linear in linears]) if any(has_bias) else None
-    fused = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device="meta")
-    fused.__class__ = type(first)  # nn.Linear, or the weight-major product on a CPU
-    if "row_counts" in vars(first):  # the CPU's measured padding of row counts
-        fused.row_counts = first.row_counts
+    fused = linear_like(first, weight, bias)  # nn.Linear, or the CPU's weight-major product
     grad = first.weight.requires_grad
-    fused.weight = nn.Parameter(weight, requires_grad=grad)
-    fused.bias = nn.Parameter(bias, requires_grad=grad) if bias is not None else None
     start = 0
     for linear, own_bias in zip(linears, has_bias):
         end = start + linear.out_features

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel
 
-from actors.cpu_linear import speeds_up, use_weight_major
+from actors.cpu_linear import linear_like
 from actors.drafters.base import Drafter
 from actors.messages import DraftBudget, DraftTree, Verdict
 from actors.tree_model import SlotTable, TreeInput, TreeModel, release_sequence
@@ -218,15 +218,9 @@ class ModelDrafter(Drafter):
 
 
 def draft_head(lm_head: nn.Linear, vocab: int) -> nn.Linear:
-    """``lm_head`` itself, or a head over its first ``vocab`` rows sharing their storage (so a hot
-    swap that loads new weights into ``lm_head`` reaches it too)."""
-    total = lm_head.out_features
-    if not vocab or vocab >= total:
+    """``lm_head`` itself, or a head of its kind over its first ``vocab`` rows, sharing their
+    storage (so a hot swap that loads new weights into ``lm_head`` reaches it too)."""
+    if not vocab or vocab >= lm_head.out_features:
         return lm_head
-    head = nn.Linear(lm_head.in_features, vocab, bias=lm_head.bias is not None, device="meta")
-    head.weight = nn.Parameter(lm_head.weight[:vocab], requires_grad=False)
-    if lm_head.bias is not None:
-        head.bias = nn.Parameter(lm_head.bias[:vocab], requires_grad=False)
-    if speeds_up(head):
-        use_weight_major(head)
-    return head
+    bias = lm_head.bias[:vocab] if lm_head.bias is not None else None
+    return linear_like(lm_head, lm_head.weight[:vocab], bias)

@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from actors.cpu_linear import WeightMajorLinear, use_weight_major
 from actors.drafters.model import ModelDrafter, draft_head
 from actors.engine import Engine, EngineConfig
 from actors.messages import DraftBudget, SamplingParams
@@ -19,6 +20,16 @@ def test_draft_head_is_a_view_of_the_first_rows():
     x = torch.randn(3, 8)
     torch.testing.assert_close(head(x), lm_head(x)[:, :6], rtol=1e-5, atol=1e-5)
     assert draft_head(lm_head, 0) is lm_head and draft_head(lm_head, 99) is lm_head
+
+
+def test_draft_head_is_of_the_heads_kind():
+    lm_head = nn.Linear(8, 16)
+    use_weight_major(lm_head)  # what a float32 model on a CPU runs
+    head = draft_head(lm_head, 6)
+    assert type(head) is WeightMajorLinear and head.row_counts == lm_head.row_counts
+    assert head.bias.data_ptr() == lm_head.bias.data_ptr()
+    x = torch.randn(3, 8)
+    torch.testing.assert_close(head(x), lm_head(x)[:, :6], rtol=1e-5, atol=1e-5)
 
 
 def test_drafts_only_its_vocabulary(tiny_lm):
