@@ -70,9 +70,11 @@ class Engine:
         self.drafter_model = getattr(drafter, "assistant_model", None)
         self.link: DrafterLink | None = drafter
         self._wants_topk: int | None = None
+        self._wants_hidden = False
         self.async_speculation = config.async_speculation
         if isinstance(drafter, Drafter):
             self.link, self._wants_topk = LocalDrafter(DrafterWorker(drafter)), drafter.wants_topk
+            self._wants_hidden = drafter.wants_hidden
             self.async_speculation = bool(config.async_speculation)
         elif self.async_speculation is None:
             self.async_speculation = True
@@ -266,7 +268,7 @@ class Engine:
             ahead = asyncio.ensure_future(self._draft(self._guesses(trees, budget)))
             await asyncio.sleep(0)  # a remote drafter gets its call before the verifier starts
         start = time.perf_counter()
-        verdicts = self.verifier.verify(trees, topk)
+        verdicts = self.verifier.verify(trees, topk, hidden=self._wants_hidden and speculate)
         if not prefill:  # a prompt's prefill would skew the decode cost fit
             padded = len(trees) * (1 + max(len(t) for t in trees))  # what the verifier computes
             self.budget.observe(padded, time.perf_counter() - start)
@@ -333,7 +335,8 @@ class Engine:
             return False
         if self._wants_topk is None:
             try:
-                self._wants_topk = int((await self.link.info())["wants_topk"])
+                info = await self.link.info()
+                self._wants_topk, self._wants_hidden = int(info["wants_topk"]), bool(info.get("wants_hidden"))
             except DrafterUnavailable as exc:
                 return self._drafter_failed(exc)
         return True

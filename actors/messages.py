@@ -187,6 +187,9 @@ class Verdict:
             token, then the tree's nodes), present when the drafter asked for the verifier's top-k.
         context_topk: ``[N, k]`` the verifier's k most likely next tokens after each of them.
         context_topk_probs: ``[N, k]`` their probabilities.
+        hidden: ``[H]`` float32, the verifier's last hidden state (after its final norm) at the
+            position whose logits chose ``tokens[-1]``, present when the drafter asked for it
+            (heads on the verifier's features: :mod:`actors.drafters.heads`).
     """
 
     seq_id: int
@@ -196,6 +199,7 @@ class Verdict:
     context_tokens: torch.Tensor | None = None
     context_topk: torch.Tensor | None = None
     context_topk_probs: torch.Tensor | None = field(default=None)
+    hidden: torch.Tensor | None = None
 
     @property
     def num_accepted(self) -> int:

@@ -19,6 +19,11 @@ PIPELINES = {
         "DistillConfig",
         "distill the drafter from the verifier (Ray Data + Ray Train)",
     ),
+    "distill-heads": (
+        "pipelines.distill_heads",
+        "DistillHeadsConfig",
+        "train Medusa-style heads on a distill run's teacher rows",
+    ),
     "bench": ("pipelines.bench", "BenchConfig", "benchmark against Hugging Face generate"),
     "load-bench": (
         "pipelines.load_bench",

@@ -1,5 +1,6 @@
 """Drafters, built by name: ``ngram``, ``model:PATH`` (``model:distilled``: the one bundled for the
-embedded default verifier), ``early-exit[:LAYERS]`` or ``none``."""
+embedded default verifier), ``heads:PATH`` (Medusa-style heads on the verifier's hidden states),
+``early-exit[:LAYERS]`` or ``none``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ if TYPE_CHECKING:
 
     from actors.engine import EngineConfig
 
-KINDS = ("ngram", "model", "early-exit", "none")
+KINDS = ("ngram", "model", "heads", "early-exit", "none")
 DEFAULT_EARLY_EXIT_LAYERS = 4
 
 
@@ -24,10 +25,10 @@ def parse_drafter(spec: str) -> tuple[str, str]:
     if kind not in KINDS:
         raise ValueError(
             f"unknown drafter {spec!r}; choose one of: ngram, model:PATH, model:distilled, "
-            "early-exit[:LAYERS], none"
+            "heads:PATH, early-exit[:LAYERS], none"
         )
-    if kind == "model" and not arg:
-        raise ValueError("drafter 'model' needs a path: model:PATH")
+    if kind in ("model", "heads") and not arg:
+        raise ValueError(f"drafter '{kind}' needs a path: {kind}:PATH")
     if kind == "early-exit" and arg and not arg.isdigit():
         raise ValueError(f"early-exit layers must be an integer, got {arg!r}")
     return kind, arg
@@ -37,10 +38,11 @@ def build_drafter(
     config: EngineConfig, verifier: PreTrainedModel | None, device: torch.device
 ) -> Drafter | None:
     """The drafter ``config.drafter`` names, placed on ``device`` (None for ``none``).
-    ``verifier`` is needed by ``early-exit``; given, a model drafter's vocabulary is checked
-    against it and a compact drafter folder takes its shared tensors from it (else from
+    ``verifier`` is needed by ``early-exit`` and ``heads``; given, a model drafter's vocabulary is
+    checked against it and a compact drafter folder takes its shared tensors from it (else from
     ``config.model``, loaded for the purpose)."""
     from actors.drafters.artifact import load_drafter
+    from actors.drafters.heads import HeadsDrafter, MedusaHeads
     from actors.drafters.model import ModelDrafter
     from actors.drafters.ngram import NgramDrafter
     from actors.tree_model import truncated_view
@@ -51,9 +53,18 @@ def build_drafter(
         return None
     if kind == "ngram":
         return NgramDrafter()
+    if kind in ("early-exit", "heads") and verifier is None:
+        raise ValueError(f"drafter '{kind}' runs inside the verifier; it needs the verifier model")
+    if kind == "heads":
+        heads = MedusaHeads.load(arg)
+        if heads.hidden_size != verifier.config.hidden_size:
+            raise ValueError(
+                f"heads {arg} have hidden_size {heads.hidden_size}, the verifier "
+                f"{verifier.config.hidden_size}: heads are trained on one verifier's hidden states"
+            )
+        heads = heads.to(device, next(verifier.parameters()).dtype)
+        return HeadsDrafter(heads, verifier.lm_head, vocab=config.draft_vocab)
     if kind == "early-exit":
-        if verifier is None:
-            raise ValueError("drafter 'early-exit' runs inside the verifier; it needs the verifier model")
         view = truncated_view(verifier, int(arg or DEFAULT_EARLY_EXIT_LAYERS))
         return ModelDrafter(view, slots, length, **runner_settings(config))
     draft = load_drafter(arg, config.dtype, config.model if verifier is None else verifier).to(device)

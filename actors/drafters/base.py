@@ -18,6 +18,8 @@ class Drafter(ABC):
     #: how many of the verifier's top next tokens per step input this drafter wants in
     #: each Verdict (token recycling); 0 = none.
     wants_topk: int = 0
+    #: whether each Verdict should carry the verifier's hidden state at its last position
+    wants_hidden: bool = False
 
     @abstractmethod
     def add(self, seq_id: int, prompt_ids: list[int]) -> None:

@@ -28,7 +28,12 @@ class DrafterWorker:
 
     def info(self) -> dict:
         """What the engine needs to know about this drafter."""
-        return {"wants_topk": self.drafter.wants_topk, "kind": type(self.drafter).__name__}
+        drafter = self.drafter
+        return {
+            "wants_topk": drafter.wants_topk,
+            "wants_hidden": drafter.wants_hidden,
+            "kind": type(drafter).__name__,
+        }
 
     def load_weights(self, state_dict: dict) -> int:
         """Hot-swap the drafter's weights. Every sequence is forgotten, so the engines re-seed

@@ -9,7 +9,7 @@ compaction; the rejected nodes' entries are simply overwritten later.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from transformers import PreTrainedModel
@@ -97,13 +97,14 @@ class Verifier:
         return seq.kv_len + len(seq.pending)
 
     @torch.inference_mode()
-    def verify(self, trees: list[DraftTree], topk: int = 0) -> list[Verdict]:
+    def verify(self, trees: list[DraftTree], topk: int = 0, hidden: bool = False) -> list[Verdict]:
         """Verify one tree per sequence (an empty tree = plain decoding) in one forward pass.
 
         Args:
             trees: proposals, one per running sequence included in this step.
             topk: when > 0, each verdict carries the verifier's top-k next tokens after the
                 last committed token and after every tree node (token recycling).
+            hidden: each verdict carries the hidden state that chose its last token.
         """
         inputs, rows = [], []
         for tree in trees:
@@ -121,14 +122,18 @@ class Verifier:
             # 2.48 vs 2.49 tokens per step) while costing a third of a prefill.
             first = len(seq.pending) - 1
             rows.append((first, size))
-        hidden = self.runner.forward(inputs)
-        picked = torch.cat([hidden[row, first:end] for row, (first, end) in enumerate(rows)])
+        states = self.runner.forward(inputs)
+        picked = torch.cat([states[row, first:end] for row, (first, end) in enumerate(rows)])
         logits = self.runner.logits(picked).cpu()  # [sum of rows, V]
         verdicts, offset = [], 0
         for tree, item, (first, end) in zip(trees, inputs, rows):
             step_logits = logits[offset : offset + end - first]
+            verdict = self._decide(tree, item, step_logits, first, topk)
+            if hidden:  # row 0: the last pending token, row 1 + i: node i
+                last = 1 + verdict.accepted_nodes[-1] if verdict.accepted_nodes else 0
+                verdict = replace(verdict, hidden=picked[offset + last].float().cpu())
             offset += end - first
-            verdicts.append(self._decide(tree, item, step_logits, first, topk))
+            verdicts.append(verdict)
         self._compact(trees, verdicts)
         return verdicts
 
