@@ -65,7 +65,7 @@ class MedusaHeads(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path) -> MedusaHeads:
-        folder = Path(folder)
+        folder = Path(folder).expanduser()
         if not (folder / CONFIG_FILE).is_file():
             raise ValueError(f"{folder} is not a heads folder: it has no {CONFIG_FILE}")
         config = json.loads((folder / CONFIG_FILE).read_text())
