@@ -30,15 +30,24 @@ def save_checkpoint(
     state: dict,
 ) -> Path:
     """Write the student, the optimizer state and ``state`` (JSON-able: ``step``, ``history``...)."""
+    tensors, groups = optimizer_tensors(student, optimizer)
+    folder = save_student_state(folder, student, tokenizer, state | {"param_groups": groups})
+    (folder / OPTIMIZER_FILE).parent.mkdir(exist_ok=True)
+    save_file(tensors, folder / OPTIMIZER_FILE)
+    return folder
+
+
+def save_student_state(
+    folder: str | Path, student: PreTrainedModel, tokenizer: PreTrainedTokenizerBase | None, state: dict
+) -> Path:
+    """The part of a checkpoint every strategy shares: the student as a Hugging Face folder (a
+    drafter as it is), the tokenizer and ``state`` in :data:`STATE_FILE`."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(folder)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
-    tensors, groups = optimizer_tensors(student, optimizer)
-    (folder / OPTIMIZER_FILE).parent.mkdir(exist_ok=True)
-    save_file(tensors, folder / OPTIMIZER_FILE)
-    (folder / STATE_FILE).write_text(json.dumps(state | {"param_groups": groups}, indent=1))
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
     return folder
 
 

@@ -151,11 +151,7 @@ class Distiller:
     def learning_rate(self, step: int) -> float:
         """Linear warm-up to ``learning_rate``, then cosine decay to ``min_lr_ratio`` of it."""
         cfg = self.config
-        if step < cfg.warmup_steps:
-            return cfg.learning_rate * (step + 1) / cfg.warmup_steps
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps))
-        floor = cfg.min_lr_ratio
-        return cfg.learning_rate * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return warmup_cosine(step, cfg.learning_rate, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio)
 
     def train_step(self, batch: TokenBatch) -> float:
         """One optimizer step on ``batch``; returns its loss."""
@@ -221,6 +217,15 @@ class Distiller:
             )
         state = load_checkpoint(folder, self.student, self.optimizer)
         self.step, self.history = int(state["step"]), list(state.get("history", []))
+
+
+def warmup_cosine(step: int, peak: float, warmup: int, total: int, floor: float) -> float:
+    """The learning rate of ``step`` (from 0): linear warm-up to ``peak`` over ``warmup`` steps,
+    then cosine decay to ``floor · peak`` at step ``total``."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return peak * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
 #: report(metrics, checkpoint folder or None): called by every worker the same number of times

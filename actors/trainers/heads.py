@@ -9,7 +9,6 @@ at position ``p + k``, with the same divergences and tail bucket as the model st
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +16,7 @@ from transformers import PreTrainedModel
 
 from actors.drafters.heads import MedusaHeads
 from actors.trainers.data import TokenBatch, collate, step_rows
+from actors.trainers.distill import warmup_cosine
 from actors.trainers.losses import distill_loss
 
 
@@ -115,10 +115,7 @@ def train_heads(
     log(history[-1])
     every = max(1, config.max_steps // 10)
     for step in range(config.max_steps):
-        lr = config.learning_rate * min(1.0, (step + 1) / max(1, config.warmup_steps))
-        if step >= config.warmup_steps:
-            progress = (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps)
-            lr = config.learning_rate * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        lr = warmup_cosine(step, config.learning_rate, config.warmup_steps, config.max_steps, 0.1)
         for group in optimizer.param_groups:
             group["lr"] = lr
         picked = step_rows(len(train_rows), config.batch_size, step, config.seed)

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from actors.trainers.checkpoints import STATE_FILE
+from actors.trainers.checkpoints import STATE_FILE, save_student_state
 from actors.trainers.distill import Distiller, TrainConfig
 
 ZERO_FOLDER = "deepspeed"
@@ -80,11 +80,8 @@ class ZeroDistiller(Distiller):
         folder.mkdir(parents=True, exist_ok=True)
         self.objective.save_checkpoint(str(folder / ZERO_FOLDER), tag=_TAG)
         if rank == 0:
-            self.student.save_pretrained(folder)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(folder)
             state = {"step": self.step, "history": self.history, "strategy": "deepspeed"}
-            (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+            save_student_state(folder, self.student, tokenizer, state)
         return folder
 
     def restore(self, folder: str | Path) -> None:
