@@ -1,19 +1,26 @@
-"""The draft budget follows measured costs: bigger batches draft less, and a node is drafted
-only while its confidence pays for what verifying it costs."""
+"""The draft budget follows measured costs: bigger batches draft less, a node is drafted only
+while its confidence pays for what verifying it costs, and a step cost that is not a line is
+kept as measured."""
 
 import pytest
 import torch
 
-from actors.budget import BudgetController, LinearCost
+from actors.budget import BudgetController, StepCost
 from actors.messages import DraftBudget, DraftTree
 
 
-def test_linear_cost_recovers_the_line():
-    cost = LinearCost()
-    for tokens in (1, 5, 9, 17, 33) * 4:
-        cost.observe(tokens, 0.080 + 0.002 * tokens)
-    a, b = cost.coefficients()
-    assert abs(a - 0.080) < 1e-6 and abs(b - 0.002) < 1e-6
+def test_step_cost_interpolates_between_measured_rows_and_extends_their_line():
+    cost = StepCost()
+    assert cost.seconds(9) == 0.0 and not cost.measured()
+    cost.observe(5, 0.100)
+    assert cost.seconds(1) == cost.seconds(33) == 0.100  # one count known: flat
+    for rows, seconds in [(1, 0.080), (9, 0.180), (17, 0.150), (33, 0.210)]:
+        cost.observe(rows, seconds)
+    assert cost.seconds(9) == pytest.approx(0.180)  # measured counts as measured, dips kept
+    assert cost.seconds(13) == pytest.approx(0.165)  # halfway between 9 and 17
+    assert cost.seconds(65) == pytest.approx(0.210 + 32 * (0.210 - 0.080) / 32)  # along 1 → 33
+    cost.observe(9, 0.080)
+    assert cost.seconds(9) == pytest.approx(0.7 * 0.180 + 0.3 * 0.080)  # a running mean
 
 
 def test_node_cost_grows_with_the_batch_until_drafting_stops():
@@ -31,7 +38,7 @@ def test_a_stall_is_clipped():
     for tokens in (1, 9) * 5:
         budget.observe(tokens, 0.090 + 0.004 * tokens)
     budget.observe(9, 5.0)  # another process took the CPU
-    assert budget.verify_cost.coefficients()[0] < 0.2
+    assert budget.seconds(9) < 0.2
 
 
 def test_admits_stops_when_a_node_no_longer_pays():
@@ -103,16 +110,18 @@ def test_trim_keeps_a_node_the_padded_rows_make_free():
     assert len(padded.trim([tree])[0]) == 3
 
 
-def test_a_fit_with_a_negative_intercept_is_refitted_through_the_origin():
-    """Padded row counts make a step function: 4 rows at 75 ms and 5 at 100 ms would fit a line
-    below zero at 0 rows. Clamping only the intercept would predict 4 rows at 100 ms and stop
-    speculation; the refit keeps the line close to both points."""
-    cost = LinearCost()
-    for _ in range(20):
-        cost.observe(4, 0.075)
-        cost.observe(5, 0.100)
-    a, b = cost.coefficients()
-    assert a == 0.0 and b == pytest.approx(0.8 / 41, rel=1e-3)  # (4·75 + 5·100) / (4² + 5²) ms
+def test_a_long_chain_pays_where_the_cost_flattens():
+    """The shape of SmolLM2's step on a 2-core CPU (tandem verify-cost): 4 rows 75 ms, 9 rows
+    170, 17 rows 150, 33 rows 220. A sure chain (a repeating text) is kept whole: 33 rows yield
+    7x the tokens of 4 rows for 2.9x the time; a doubtful one is cut to the 3 nodes the padded
+    rows make free."""
+    budget = BudgetController(32, 32, rows_computed=lambda n: 4 if n <= 4 else n)
+    for rows, seconds in [(4, 0.075), (9, 0.170), (17, 0.150), (33, 0.220)] * 3:
+        budget.observe(rows, seconds)
+    sure = DraftTree.chain(0, list(range(32)), [0.99] * 32)
+    doubtful = DraftTree.chain(0, list(range(32)), [0.6] * 32)
+    assert len(budget.trim([sure])[0]) == 32
+    assert len(budget.trim([doubtful])[0]) == 3
 
 
 def test_nodes_inside_the_padded_rows_are_drafted_whatever_they_cost():
