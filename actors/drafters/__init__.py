@@ -1,6 +1,6 @@
 """Drafters, built by name: ``ngram``, ``model:PATH`` (``model:distilled``: the one bundled for the
 embedded default verifier), ``heads:PATH`` (Medusa-style heads on the verifier's hidden states),
-``early-exit[:LAYERS]`` or ``none``."""
+``ngram+heads:PATH`` (both sources in one tree), ``early-exit[:LAYERS]`` or ``none``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ if TYPE_CHECKING:
 
     from actors.engine import EngineConfig
 
-KINDS = ("ngram", "model", "heads", "early-exit", "none")
+KINDS = ("ngram", "model", "heads", "ngram+heads", "early-exit", "none")
 DEFAULT_EARLY_EXIT_LAYERS = 4
 
 
@@ -25,9 +25,9 @@ def parse_drafter(spec: str) -> tuple[str, str]:
     if kind not in KINDS:
         raise ValueError(
             f"unknown drafter {spec!r}; choose one of: ngram, model:PATH, model:distilled, "
-            "heads:PATH, early-exit[:LAYERS], none"
+            "heads:PATH, ngram+heads:PATH, early-exit[:LAYERS], none"
         )
-    if kind in ("model", "heads") and not arg:
+    if kind in ("model", "heads", "ngram+heads") and not arg:
         raise ValueError(f"drafter '{kind}' needs a path: {kind}:PATH")
     if kind == "early-exit" and arg and not arg.isdigit():
         raise ValueError(f"early-exit layers must be an integer, got {arg!r}")
@@ -53,9 +53,9 @@ def build_drafter(
         return None
     if kind == "ngram":
         return NgramDrafter()
-    if kind in ("early-exit", "heads") and verifier is None:
+    if kind in ("early-exit", "heads", "ngram+heads") and verifier is None:
         raise ValueError(f"drafter '{kind}' runs inside the verifier; it needs the verifier model")
-    if kind == "heads":
+    if kind in ("heads", "ngram+heads"):
         heads = MedusaHeads.load(arg)
         if heads.hidden_size != verifier.config.hidden_size:
             raise ValueError(
@@ -63,7 +63,8 @@ def build_drafter(
                 f"{verifier.config.hidden_size}: heads are trained on one verifier's hidden states"
             )
         heads = heads.to(device, next(verifier.parameters()).dtype)
-        return HeadsDrafter(heads, verifier.lm_head, vocab=config.draft_vocab)
+        drafter = HeadsDrafter(heads, verifier.lm_head, vocab=config.draft_vocab)
+        return drafter if kind == "heads" else NgramDrafter(heads=drafter)
     if kind == "early-exit":
         view = truncated_view(verifier, int(arg or DEFAULT_EARLY_EXIT_LAYERS))
         return ModelDrafter(view, slots, length, **runner_settings(config))

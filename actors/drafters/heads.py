@@ -29,6 +29,9 @@ from actors.messages import DraftBudget, DraftTree, Verdict
 CONFIG_FILE = "heads.json"
 WEIGHTS_FILE = "heads.safetensors"
 
+#: each head's top candidates for one sequence: (probabilities, tokens), each ``[K][branching]``.
+Guesses = tuple[list[list[float]], list[list[int]]]
+
 
 class MedusaHeads(nn.Module):
     """``num_heads`` residual blocks over a hidden state of ``hidden_size``; the blocks start as
@@ -114,23 +117,29 @@ class HeadsDrafter(Drafter):
     def load_weights(self, state_dict: dict) -> None:
         self.heads.load_state_dict(state_dict)
 
-    @torch.inference_mode()
     def propose(
         self, seq_ids: list[int], budgets: list[DraftBudget], assume: list[list[int] | None] | None = None
     ) -> list[DraftTree]:
-        ready = [s for s, b in zip(seq_ids, budgets) if self.hidden.get(s) is not None and b.max_nodes]
-        trees = {s: DraftTree.empty(s) for s in seq_ids}
+        wanted = [s for s, b in zip(seq_ids, budgets) if b.max_nodes]
+        guesses = self.guesses(wanted)
+        return [
+            self._tree(s, *guesses[s], b) if s in guesses else DraftTree.empty(s)
+            for s, b in zip(seq_ids, budgets)
+        ]
+
+    @torch.inference_mode()
+    def guesses(self, seq_ids: list[int]) -> dict[int, Guesses]:
+        """Each head's top ``branching`` (probabilities, tokens), by sequence, for the sequences
+        whose last verdict carried a hidden state; one batched pass for all of them."""
+        ready = [s for s in seq_ids if self.hidden.get(s) is not None]
         if not ready:
-            return list(trees.values())
+            return {}
         param = next(self.heads.parameters())
         hidden = torch.stack([self.hidden[s] for s in ready]).to(param.device, param.dtype)
         probs = self.head(self.heads(hidden)).float().softmax(dim=-1)  # [N, K, V]
         top = torch.topk(probs, self.branching, dim=-1)
         values, tokens = top.values.cpu().tolist(), top.indices.cpu().tolist()
-        budget_of = dict(zip(seq_ids, budgets))
-        for row, seq_id in enumerate(ready):
-            trees[seq_id] = self._tree(seq_id, values[row], tokens[row], budget_of[seq_id])
-        return [trees[s] for s in seq_ids]
+        return {s: (values[row], tokens[row]) for row, s in enumerate(ready)}
 
     def _tree(self, seq_id: int, values: list[list[float]], tokens: list[list[int]], budget: DraftBudget):
         """Best-first over the product of the heads' candidates: node at depth ``d`` takes head

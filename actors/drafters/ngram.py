@@ -1,9 +1,12 @@
-"""Training-free drafting: prompt lookup plus token recycling, merged into one draft tree per step.
+"""Prompt lookup plus token recycling (training-free), optionally with trained heads, merged into
+one draft tree per step.
 
 Prompt lookup proposes what followed earlier occurrences of the history's last n tokens; token
 recycling (Luo et al. 2024, "Turning Trash into Treasure") proposes each token's most likely
-successors as the verifier last saw them (its top-k, which every Verdict carries). Both feed one
-best-first search over path confidence, whose per-source calibration is learned from verdicts.
+successors as the verifier last saw them (its top-k, which every Verdict carries). Given Medusa
+heads (``ngram+heads:PATH``), head ``d`` proposes its top tokens for every node at depth ``d``. All
+feed one best-first search over path confidence, whose per-source calibration is learned from
+verdicts.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from itertools import islice
 import torch
 
 from actors.drafters.base import Drafter
+from actors.drafters.heads import Guesses, HeadsDrafter
 from actors.messages import DraftBudget, DraftTree, Verdict
 
 #: no edge is ever called certain: keeps path confidences strictly decreasing along a path.
@@ -25,6 +29,8 @@ _MAX_EDGE_CONFIDENCE = 0.99
 # positions holding this token on the lookup continuations it follows (None: recycled only),
 # and n the match length of those continuations.
 _Children = dict[int, list]
+#: scored candidates from one source: (tokens, raw scores).
+_Scored = tuple[list[int], list[float]]
 
 
 class _Sequence:
@@ -66,9 +72,10 @@ class NgramDrafter(Drafter):
 
     Edge confidence = raw score x a calibration factor per edge kind. Raw scores: for lookup
     edges, the share of matched continuations that agree on the token; for recycled edges, the
-    verifier's stored probability. Kinds: lookup first edge by match length n, lookup follow-on
-    edge by n, recycled edge. Each factor is the decayed ratio of accepted drafts to the raw
-    score mass drafted, so over- or under-confident sources correct themselves. A node's
+    verifier's stored probability; for heads, the head's probability. Kinds: lookup first edge by
+    match length n, lookup follow-on edge by n, recycled edge, then one per head. Each factor is
+    the decayed ratio of accepted drafts to the raw score mass drafted, so over- or
+    under-confident sources correct themselves. A node's
     ``draft_probs`` entry is the product of edge confidences from the root (its path confidence).
 
     Args:
@@ -80,6 +87,8 @@ class NgramDrafter(Drafter):
         lookup_prior: initial confidence of a lookup edge whose continuations all agree.
         recycle_prior: initial factor applied to the verifier's recycled probabilities.
         decay: per-trial forgetting of the acceptance statistics (window ~ 1 / (1 - decay)).
+        heads: trained heads whose guesses join the tree (raw score: the head's probability).
+        heads_prior: initial factor applied to the heads' probabilities.
     """
 
     wants_topk: int = 8
@@ -93,6 +102,8 @@ class NgramDrafter(Drafter):
         lookup_prior: float = 0.6,
         recycle_prior: float = 0.6,
         decay: float = 0.995,
+        heads: HeadsDrafter | None = None,
+        heads_prior: float = 0.8,
     ) -> None:
         if max_ngram < 1 or topk < 0 or max_matches < 1:
             raise ValueError(
@@ -107,8 +118,15 @@ class NgramDrafter(Drafter):
         #: token -> (its verifier top-k successors, their probabilities); shared: one model.
         self._adjacency: dict[int, tuple[list[int], list[float]]] = {}
         # edge kinds: [0, n) lookup first edge for match length n=k+1, [n, 2n) follow-on, 2n recycled.
+        # then 2n + 1 + d: head d's guesses.
         self._recycle_kind = 2 * max_ngram
         priors = [lookup_prior] * max_ngram + [min(1.0, lookup_prior + 0.15)] * max_ngram + [recycle_prior]
+        self.heads = heads
+        if heads is not None:
+            priors += [heads_prior] * heads.heads.num_heads
+            self.wants_hidden = True
+        #: sequence -> each head's (probabilities, tokens), for the tree being built.
+        self._guesses: dict[int, Guesses] = {}
         self._prior_mass = 4.0
         self._prior_hits = [self._prior_mass * p for p in priors]
         self._hits = [0.0] * len(priors)
@@ -121,11 +139,22 @@ class NgramDrafter(Drafter):
         sequence = _Sequence()
         sequence.extend(list(prompt_ids), self.max_ngram)
         self._sequences[seq_id] = sequence
+        if self.heads is not None:
+            self.heads.add(seq_id, prompt_ids)
 
     def release(self, seq_id: int) -> None:
         self._sequences.pop(seq_id, None)
+        if self.heads is not None:
+            self.heads.release(seq_id)
+
+    def load_weights(self, state_dict: dict) -> None:
+        if self.heads is None:
+            super().load_weights(state_dict)  # refuses
+        self.heads.load_weights(state_dict)
 
     def commit(self, verdicts: list[Verdict]) -> None:
+        if self.heads is not None:
+            self.heads.commit(verdicts)
         for verdict in verdicts:
             sequence = self._sequence(verdict.seq_id)
             self._learn_acceptance(sequence, verdict)
@@ -138,6 +167,9 @@ class NgramDrafter(Drafter):
         if len(seq_ids) != len(budgets):
             raise ValueError(f"{len(seq_ids)} sequences but {len(budgets)} budgets")
         assume = assume or [None] * len(seq_ids)
+        if self.heads is not None:  # heads guess after the committed tokens, so not when assuming
+            fresh = [s for s, b, tokens in zip(seq_ids, budgets, assume) if b.max_nodes and tokens is None]
+            self._guesses = self.heads.guesses(fresh)
         return [
             self._propose_one(seq_id, budget)
             if tokens is None
@@ -176,7 +208,8 @@ class NgramDrafter(Drafter):
             return DraftTree.empty(seq_id)
         tokens, parents, depths, confidences, credits = [], [], [], [], []
         heap: list[tuple] = []
-        self._push(heap, self._root_children(sequence), -1, 1.0, 1)
+        guesses = self._guesses.pop(seq_id, None)
+        self._push(heap, self._root_children(sequence, guesses), -1, 1.0, 1)
         expected = 1.0  # tokens the step is expected to yield: the verifier's own + accepted drafts
         while heap:
             neg_conf, _, parent, token, depth, kind_n, pointers, credit = heapq.heappop(heap)
@@ -190,7 +223,7 @@ class NgramDrafter(Drafter):
             confidences.append(-neg_conf)
             credits.append(credit)
             if depth < budget.max_depth:
-                children = self._children(sequence.history, token, pointers, kind_n)
+                children = self._children(sequence.history, token, pointers, kind_n, guesses, depth)
                 self._push(heap, children, node, -neg_conf, depth + 1)
         if not tokens:
             return DraftTree.empty(seq_id)
@@ -216,8 +249,9 @@ class NgramDrafter(Drafter):
                 )
                 heapq.heappush(heap, entry)
 
-    def _root_children(self, sequence: _Sequence) -> _Children:
-        """Children of the last committed token: lookup by its suffix n-grams, longest first."""
+    def _root_children(self, sequence: _Sequence, guesses: Guesses | None = None) -> _Children:
+        """Children of the last committed token: lookup by its suffix n-grams, longest first,
+        then its recycled successors and head 0's guesses."""
         history, children = sequence.history, {}
         for n in range(min(self.max_ngram, len(history)), 0, -1):
             ends = sequence.index.get(tuple(history[-n:]), ())
@@ -225,13 +259,24 @@ class NgramDrafter(Drafter):
             pointers = list(islice((e for e in reversed(ends) if e + 1 < len(history)), self.max_matches))
             for token, child in self._lookup_children(history, pointers, n - 1, n).items():
                 children.setdefault(token, child)  # a longer match wins
-        self._add_recycled(children, history[-1])
+        self._add_scored(children, self._adjacency.get(history[-1]), self._recycle_kind)
+        self._add_guessed(children, guesses, 0)
         return children
 
-    def _children(self, history: list[int], token: int, pointers: list[int] | None, n: int) -> _Children:
-        """Children of a drafted node: its lookup continuations, then its recycled successors."""
+    def _children(
+        self,
+        history: list[int],
+        token: int,
+        pointers: list[int] | None,
+        n: int,
+        guesses: Guesses | None,
+        depth: int,
+    ) -> _Children:
+        """Children of a drafted node at ``depth``: its lookup continuations, its recycled
+        successors, and head ``depth``'s guesses."""
         children = self._lookup_children(history, pointers, self.max_ngram + n - 1, n) if pointers else {}
-        self._add_recycled(children, token)
+        self._add_scored(children, self._adjacency.get(token), self._recycle_kind)
+        self._add_guessed(children, guesses, depth)
         return children
 
     def _lookup_children(self, history: list[int], pointers: list[int], kind: int, n: int) -> _Children:
@@ -247,13 +292,19 @@ class NgramDrafter(Drafter):
             children[token] = [conf, ((kind, share),), positions, n]
         return children
 
-    def _add_recycled(self, children: _Children, token: int) -> None:
-        """Merge the recycled successors of ``token``; agreeing sources combine as a noisy-or."""
-        successors = self._adjacency.get(token)
-        if successors is None:
+    def _add_guessed(self, children: _Children, guesses: Guesses | None, head: int) -> None:
+        """Merge head ``head``'s guesses (when there are heads and that many)."""
+        if guesses is not None and head < len(guesses[0]):
+            probs, tokens = guesses[0][head], guesses[1][head]
+            self._add_scored(children, (tokens, probs), self._recycle_kind + 1 + head)
+
+    def _add_scored(self, children: _Children, candidates: _Scored | None, kind: int) -> None:
+        """Merge scored candidates (tokens, probabilities) as edges of ``kind``; agreeing sources
+        combine as a noisy-or."""
+        if candidates is None:
             return
-        kind, factor = self._recycle_kind, self._factor[self._recycle_kind]
-        for successor, prob in zip(*successors, strict=True):
+        factor = self._factor[kind]
+        for successor, prob in zip(*candidates, strict=True):
             conf = min(_MAX_EDGE_CONFIDENCE, prob * factor)
             child = children.get(successor)
             if child is None:

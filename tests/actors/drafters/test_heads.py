@@ -115,3 +115,48 @@ def test_bad_heads_are_refused_with_the_reason(tiny_lm, tmp_path):
         Engine(EngineConfig(drafter=f"heads:{tmp_path / 'other'}", **ENGINE), tiny_lm)
     with pytest.raises(ValueError, match="heads:PATH"):
         Engine(EngineConfig(drafter="heads", **ENGINE), tiny_lm)
+
+
+def test_heads_guesses_join_the_ngram_tree():
+    """Head ``d``'s top token is drafted at depth ``d + 1`` where lookup and recycling know
+    nothing; before a verdict brings a hidden state there is nothing to draft."""
+    from actors.drafters.ngram import NgramDrafter
+    from actors.messages import DraftBudget, Verdict
+
+    heads = MedusaHeads(hidden_size=4, num_heads=2)
+    with torch.no_grad():  # on a zero hidden state, head k outputs silu(bias k)
+        heads.blocks[0].bias.copy_(torch.tensor([10.0, 0, 0, 0]))
+        heads.blocks[1].bias.copy_(torch.tensor([0, 10.0, 0, 0]))
+    lm_head = torch.nn.Linear(4, 16, bias=False)
+    with torch.no_grad():
+        lm_head.weight.zero_()
+        lm_head.weight[7, 0] = lm_head.weight[9, 1] = 1.0  # head 0 says 7, head 1 says 9
+    drafter = NgramDrafter(heads=HeadsDrafter(heads, lm_head))
+    assert drafter.wants_hidden
+    drafter.add(0, [1, 2, 3])
+    budget = DraftBudget(max_nodes=4, max_depth=4)
+    (tree,) = drafter.propose([0], [budget])
+    assert len(tree) == 0
+    drafter.commit([Verdict(0, tokens=[4], accepted_nodes=[], num_drafted=0, hidden=torch.zeros(4))])
+    (tree,) = drafter.propose([0], [budget])
+    assert tree.tokens.tolist() == [7, 9] and tree.parents.tolist() == [-1, 0]
+
+
+def test_ngram_plus_heads_is_lossless_and_hot_swaps(tiny_lm, tmp_path):
+    from actors.drafters.ngram import NgramDrafter
+
+    random_heads(tiny_lm.model.config.hidden_size, seed=1).save(tmp_path / "heads")
+    engine = Engine(EngineConfig(drafter=f"ngram+heads:{tmp_path / 'heads'}", **ENGINE), tiny_lm)
+    drafter = engine.link.worker.drafter
+    assert isinstance(drafter, NgramDrafter) and isinstance(drafter.heads, HeadsDrafter)
+    batch = prompts(4)
+    _, before = tokens_per_step(engine, batch, 24)
+    assert [r.token_ids for r in before] == [plain_greedy(tiny_lm.model, p, 24) for p in batch]
+    assert all(r.stats.drafted > 0 for r in before)
+    swapped = random_heads(tiny_lm.model.config.hidden_size, seed=2)
+    engine.link.worker.load_weights(swapped.state_dict())
+    assert torch.equal(drafter.heads.heads.blocks[0].weight, swapped.blocks[0].weight)
+    _, after = tokens_per_step(engine, batch, 24)
+    assert [r.token_ids for r in after] == [r.token_ids for r in before]
+    with pytest.raises(ValueError, match="ngram\\+heads:PATH"):
+        Engine(EngineConfig(drafter="ngram+heads", **ENGINE), tiny_lm)
