@@ -18,7 +18,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from actors.cpu_linear import rows_computed, speeds_up, use_weight_major
 from actors.lean_decoder import LeanDecoder
-from kernels.tree_attention import dense_tree_mask, pack_bits, tree_attention
+from kernels.tree_attention import additive_mask, dense_tree_mask, pack_bits, tree_attention
 
 ATTENTION_NAME = "tandem_tree"
 
@@ -57,7 +57,7 @@ class TreeBatch:
     tree_lens: torch.Tensor
     q_lens: torch.Tensor
     tree_mask: torch.Tensor  # [rows, Tq, W] int32
-    dense_mask: torch.Tensor | None  # [rows, Tq, kv_len] for the reference backend
+    dense_mask: torch.Tensor | None  # [rows, Tq, kv_len] additive, for the reference backend
     write_rows: torch.Tensor  # [n] batch row of each valid query token
     write_slots: torch.Tensor  # [n] its cache slot
     write_cols: torch.Tensor  # [n] its column in the padded query
@@ -267,7 +267,9 @@ class TreeModel:
         tree_mask = pack_bits(ancestors)
         dense = None
         if self.needs_dense_mask:  # built once, shared by every layer
-            dense = dense_tree_mask(prefix_lens, tree_lens, q_lens, tree_mask, kv_len)
+            dense = additive_mask(
+                dense_tree_mask(prefix_lens, tree_lens, q_lens, tree_mask, kv_len), self.cache_k.dtype
+            )
         batch = TreeBatch(
             cache_k=self.cache_k,
             cache_v=self.cache_v,
