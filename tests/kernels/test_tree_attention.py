@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kernels.tree_attention import (
+    additive_mask,
     ancestor_bits,
     check_inputs,
     dense_tree_mask,
@@ -185,6 +186,8 @@ def test_reference_accepts_precomputed_dense_mask():
     )
     with_mask = call(tree_attention, inputs, backend="reference", dense_mask=dense)
     assert torch.equal(with_mask, call(tree_attention_ref, inputs))
+    additive = additive_mask(dense, torch.float32)  # what a model builds once per forward
+    assert torch.equal(call(tree_attention, inputs, backend="reference", dense_mask=additive), with_mask)
 
 
 def test_mask_helpers_roundtrip_and_ancestors():
