@@ -6,7 +6,7 @@ The rows are the distillation job's (``storage_path/name/data``, local or ``s3:/
 split stays held out. The verifier is frozen and its hidden states are computed once; the heads
 (``actors/drafters/heads.py``) train in this process, and the result is a heads folder that
 ``--drafter heads:PATH`` loads. Metrics (held-out loss and per-head top-1 agreement) go to
-``metrics_out`` as JSON.
+``metrics_out`` as JSON. With ``checkpoint`` set, an interrupted run started again resumes there.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class DistillHeadsConfig:
         s3: object-store endpoint and credentials for ``s3://`` rows.
         heads: the heads and their training.
         output: the heads folder written (``--drafter heads:OUTPUT``).
+        checkpoint: a folder saved at every evaluation and resumed from ("" = none).
         metrics_out: JSON with the settings, the held-out history and the wall time ("" = none).
     """
 
@@ -46,6 +47,7 @@ class DistillHeadsConfig:
     s3: StoreConfig = field(default_factory=StoreConfig)
     heads: HeadsConfig = field(default_factory=HeadsConfig)
     output: str = "~/.cache/tandem/drafters/smollm2-heads"
+    checkpoint: str = ""
     metrics_out: str = ""
 
 
@@ -61,7 +63,9 @@ def main(cfg: DistillHeadsConfig) -> list[dict]:
     val = [row for row in rows if row["split"] == "val"]
     log.info("distill-heads: %d training rows, %d held out", len(train), len(val))
     verifier = load_model(cfg.model, cfg.dtype).model
-    heads, history = train_heads(verifier, train, val, cfg.heads, log=lambda m: log.info("heads: %s", m))
+    heads, history = train_heads(
+        verifier, train, val, cfg.heads, log=lambda m: log.info("heads: %s", m), checkpoint=cfg.checkpoint
+    )
     folder = heads.float().save(Path(cfg.output).expanduser())
     log.info("distill-heads: wrote %s (--drafter heads:%s)", folder, folder)
     if cfg.metrics_out:

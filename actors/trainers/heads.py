@@ -5,11 +5,17 @@ norm, as the engine's verifier hands them to the drafter). Head ``k`` on the hid
 position ``p`` learns the teacher's distribution of the token at ``p + 1 + k``, which a row stores
 at position ``p + k``, with the same divergences and tail bucket as the model students
 (``actors/trainers/losses.py``). The rows are those of the distillation job's teacher stage.
+
+Given a checkpoint folder, training saves the heads, the optimizer and the history there at every
+evaluation and a later run with the same settings resumes from it: the row order is a function of
+the step, so a resumed run ends with the same heads as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 from transformers import PreTrainedModel
@@ -18,6 +24,9 @@ from actors.drafters.heads import MedusaHeads
 from actors.trainers.data import TokenBatch, collate, step_rows
 from actors.trainers.distill import warmup_cosine
 from actors.trainers.losses import distill_loss
+
+OPTIMIZER_FILE = "optimizer.pt"
+STATE_FILE = "heads_state.json"
 
 
 @dataclass
@@ -83,15 +92,49 @@ def heads_loss(heads: MedusaHeads, lm_head, states: torch.Tensor, batch: TokenBa
     return total / heads.num_heads, top1
 
 
+def save_checkpoint(folder: Path, heads: MedusaHeads, optimizer, history: list[dict], config: HeadsConfig):
+    heads.save(folder)
+    torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
+    state = {"step": history[-1]["step"], "history": history, "config": asdict(config)}
+    (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+
+
+def load_checkpoint(folder: Path, heads: MedusaHeads, optimizer, config: HeadsConfig) -> list[dict]:
+    """The history so far (empty: nothing to resume), after loading the heads and optimizer."""
+    if not (folder / STATE_FILE).is_file():
+        return []
+    state = json.loads((folder / STATE_FILE).read_text())
+    for key, value in asdict(config).items():
+        if key != "max_steps" and state["config"].get(key) != value:
+            raise ValueError(
+                f"checkpoint {folder} was trained with heads.{key}={state['config'].get(key)!r}, "
+                f"this run has {value!r}: resume with the same settings or use another checkpoint"
+            )
+    heads.load_state_dict(MedusaHeads.load(folder).state_dict())
+    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE))
+    return state["history"]
+
+
 def train_heads(
-    verifier: PreTrainedModel, train_rows: list[dict], val_rows: list[dict], config: HeadsConfig, log=print
+    verifier: PreTrainedModel,
+    train_rows: list[dict],
+    val_rows: list[dict],
+    config: HeadsConfig,
+    log=print,
+    checkpoint: str | Path | None = None,
 ) -> tuple[MedusaHeads, list[dict]]:
     """Train heads for ``verifier`` (frozen) on the distillation rows; returns them and the
-    held-out history (``step``, ``val_loss``, ``val_top1`` per head) every tenth of the run."""
+    held-out history (``step``, ``val_loss``, ``val_top1`` per head) every tenth of the run.
+    ``checkpoint``: a folder to save to at every evaluation and resume from."""
     verifier = verifier.eval().requires_grad_(False)
     device = next(verifier.parameters()).device
     heads = MedusaHeads(verifier.config.hidden_size, config.num_heads).to(device)
     optimizer = torch.optim.AdamW(heads.parameters(), lr=config.learning_rate, foreach=False)
+    folder = Path(checkpoint).expanduser() if checkpoint else None
+    history = load_checkpoint(folder, heads, optimizer, config) if folder else []
+    start = history[-1]["step"] if history else 0
+    if start:
+        log(f"resuming from step {start} ({folder})")
     train_states = verifier_states(verifier, train_rows, config.batch_size, config.max_len)
     val_states = verifier_states(verifier, val_rows, config.batch_size, config.max_len)
 
@@ -111,10 +154,11 @@ def train_heads(
         per_head = [sum(column) / len(column) for column in zip(*hits)]
         return {"step": step, "val_loss": sum(losses) / len(losses), "val_top1": per_head}
 
-    history = [evaluate(0)]
-    log(history[-1])
+    if not history:
+        history = [evaluate(0)]
+        log(history[-1])
     every = max(1, config.max_steps // 10)
-    for step in range(config.max_steps):
+    for step in range(start, config.max_steps):
         lr = warmup_cosine(step, config.learning_rate, config.warmup_steps, config.max_steps, 0.1)
         for group in optimizer.param_groups:
             group["lr"] = lr
@@ -126,6 +170,8 @@ def train_heads(
         torch.nn.utils.clip_grad_norm_(heads.parameters(), 1.0)
         optimizer.step()
         if (step + 1) % every == 0 or step + 1 == config.max_steps:
-            history.append(evaluate(step + 1) | {"loss": float(loss)})
+            history.append(evaluate(step + 1) | {"loss": float(loss.detach())})
+            if folder:
+                save_checkpoint(folder, heads, optimizer, history, config)
             log(history[-1])
     return heads.eval(), history

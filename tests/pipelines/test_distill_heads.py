@@ -24,11 +24,13 @@ def test_heads_train_from_a_rows_folder_and_load(tmp_path, tiny_tokenizer):
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "rows.parquet")
     overrides = [f"model={tmp_path / 'verifier'}", f"rows={tmp_path / 'data'}"]
     overrides += [f"output={tmp_path / 'heads'}", f"metrics_out={tmp_path / 'm.json'}"]
+    overrides += [f"checkpoint={tmp_path / 'checkpoint'}"]
     overrides += ["heads.max_steps=40", "heads.learning_rate=1e-2"]
     history = main(load_config(DistillHeadsConfig, "configs/distill_heads.yaml", overrides))
     assert history[-1]["val_top1"][0] > history[0]["val_top1"][0] + 0.5
     assert MedusaHeads.load(tmp_path / "heads").num_heads == 3
     assert json.loads((tmp_path / "m.json").read_text())["history"] == history
+    assert json.loads((tmp_path / "checkpoint" / "heads_state.json").read_text())["step"] == 40
 
 
 def test_missing_rows_are_named(tmp_path, capsys):

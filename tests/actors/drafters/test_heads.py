@@ -160,3 +160,29 @@ def test_ngram_plus_heads_is_lossless_and_hot_swaps(tiny_lm, tmp_path):
     assert [r.token_ids for r in after] == [r.token_ids for r in before]
     with pytest.raises(ValueError, match="ngram\\+heads:PATH"):
         Engine(EngineConfig(drafter="ngram+heads", **ENGINE), tiny_lm)
+
+
+def test_heads_training_resumes_from_its_checkpoint(tiny_lm, tmp_path):
+    """Stopped after step 3 of 6 and started again, training ends with the heads of a run that
+    was never stopped; a checkpoint of other settings is refused with the key named."""
+    model = tiny_lm.model
+    train, val = counting_rows(model, 12, 0), counting_rows(model, 4, 3)
+    config = HeadsConfig(max_steps=6, batch_size=4, learning_rate=1e-2)
+    straight, history = train_heads(model, train, val, config, log=lambda m: None)
+
+    def stop_after_step_3(message):
+        if isinstance(message, dict) and message["step"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_heads(model, train, val, config, log=stop_after_step_3, checkpoint=tmp_path)
+    messages = []
+    resumed, resumed_history = train_heads(
+        model, train, val, config, log=messages.append, checkpoint=tmp_path
+    )
+    assert messages[0] == f"resuming from step 3 ({tmp_path})"
+    assert [h["step"] for h in resumed_history] == [h["step"] for h in history]
+    for name, value in straight.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="heads.learning_rate"):
+        train_heads(model, train, val, HeadsConfig(max_steps=6, batch_size=4), checkpoint=tmp_path)
