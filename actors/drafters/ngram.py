@@ -125,8 +125,6 @@ class NgramDrafter(Drafter):
         if heads is not None:
             priors += [heads_prior] * heads.heads.num_heads
             self.wants_hidden = True
-        #: sequence -> each head's (probabilities, tokens), for the tree being built.
-        self._guesses: dict[int, Guesses] = {}
         self._prior_mass = 4.0
         self._prior_hits = [self._prior_mass * p for p in priors]
         self._hits = [0.0] * len(priors)
@@ -167,11 +165,12 @@ class NgramDrafter(Drafter):
         if len(seq_ids) != len(budgets):
             raise ValueError(f"{len(seq_ids)} sequences but {len(budgets)} budgets")
         assume = assume or [None] * len(seq_ids)
+        guesses: dict[int, Guesses] = {}
         if self.heads is not None:  # heads guess after the committed tokens, so not when assuming
             fresh = [s for s, b, tokens in zip(seq_ids, budgets, assume) if b.max_nodes and tokens is None]
-            self._guesses = self.heads.guesses(fresh)
+            guesses = self.heads.guesses(fresh)
         return [
-            self._propose_one(seq_id, budget)
+            self._propose_one(seq_id, budget, guesses.get(seq_id))
             if tokens is None
             else self._propose_assuming(seq_id, budget, tokens)
             for seq_id, budget, tokens in zip(seq_ids, budgets, assume, strict=True)
@@ -201,14 +200,13 @@ class NgramDrafter(Drafter):
         except KeyError:
             raise KeyError(f"sequence {seq_id} was never added (or was released)") from None
 
-    def _propose_one(self, seq_id: int, budget: DraftBudget) -> DraftTree:
+    def _propose_one(self, seq_id: int, budget: DraftBudget, guesses: Guesses | None = None) -> DraftTree:
         sequence = self._sequence(seq_id)
         sequence.proposed.pop(len(sequence.history), None)
         if budget.max_nodes <= 0 or budget.max_depth <= 0 or not sequence.history:
             return DraftTree.empty(seq_id)
         tokens, parents, depths, confidences, credits = [], [], [], [], []
         heap: list[tuple] = []
-        guesses = self._guesses.pop(seq_id, None)
         self._push(heap, self._root_children(sequence, guesses), -1, 1.0, 1)
         expected = 1.0  # tokens the step is expected to yield: the verifier's own + accepted drafts
         while heap:
