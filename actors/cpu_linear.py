@@ -1,22 +1,21 @@
 """Linear layers laid out for the few-row products of speculative decoding on a CPU.
 
 A verifier step multiplies every weight matrix by a handful of rows (the last token plus a small
-draft tree). MKL's float32 GEMM is poor at that shape: ``x @ W.T`` with 2-16 rows costs up to
-twice the single-row product, although both stream the same weights from memory. Computing the
-transposed product ``(W @ x.T).T`` instead lets it take the large dimension from ``W`` and runs
-near the single-row cost. Measured on the 2-core CPU of docs/benchmarks.md, SmolLM2-135M's 211
-linear layers: 2 rows 71 → 32 ms, 4 rows 72 → 51 ms, 16 rows 103 → 86 ms, 32 rows 148 → 122 ms,
-1 row unchanged (45 ms). bfloat16 goes through oneDNN, where the swap is slower: it is float32
-only. In the whole engine at batch 16 (16 rows per decode step) the swap measured 10% slower than
-``nn.Linear`` (51-53 vs 56-60 tok/s, 16 HumanEval prompts, 64 tokens, no drafter), so above
-``MAX_ROWS`` rows the stock product runs.
+draft tree). Both products stream the same weights from memory, yet MKL's float32 GEMM computing
+``x @ W.T`` with 2-16 rows costs up to twice the single-row product. :class:`WeightMajorLinear`
+computes those products weight row by weight row instead: with the compiled kernel of
+kernels/cpu_gemm.py where it runs (x86 Linux with a C compiler; up to 16 rows), else as MKL's
+transposed product ``(W @ x.T).T``, which takes the large dimension from ``W`` (up to 8 rows;
+measured on the 2-core CPU of docs/benchmarks.md, SmolLM2-135M's 211 linear layers: 2 rows 71 → 32
+ms, 4 rows 72 → 51 ms, 1 row unchanged; bfloat16 goes through oneDNN, where the swap is slower:
+it is float32 only). Above those counts the stock product runs.
 
-The cost is not monotonic in the row count either: on the same CPU the 211 layers took 38 / 35 /
-46 / 32 / 46 / 57 / 73 / 59 ms for 1-8 rows, so 1 row is cheaper computed as 2, 3 as 4 and 7 as 8.
-:func:`use_weight_major` measures that table once for the model's largest layer and every layer
-pads its rows to the cheapest count at least as large (:func:`cheapest_row_counts`); the draft
-budget plans with the padded counts (:meth:`WeightMajorLinear.rows_computed`), so a free node is
-drafted rather than wasted.
+The cost is not monotonic in the row count either: through MKL the 211 layers took 38 / 35 / 46 /
+32 / 46 / 57 / 73 / 59 ms for 1-8 rows, so 1 row is cheaper computed as 2, 3 as 4 and 7 as 8.
+:func:`use_weight_major` measures the row counts once for the model's largest layer and every
+layer pads its rows to the cheapest count at least as large (:func:`cheapest_row_counts`); the
+draft budget plans with the padded counts (:meth:`WeightMajorLinear.rows_computed`), so a free
+node is drafted rather than wasted.
 """
 
 from __future__ import annotations
@@ -28,48 +27,65 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-MAX_ROWS = 8  # the largest row count that runs weight-major
+from kernels.cpu_gemm import MAX_ROWS as KERNEL_MAX_ROWS
+from kernels.cpu_gemm import few_rows_gemm
+
+MKL_MAX_ROWS = 8  # the most rows MKL's transposed product is faster for
+
+
+def max_rows() -> int:
+    """The most rows a :class:`WeightMajorLinear` computes its own way on this machine."""
+    return KERNEL_MAX_ROWS if few_rows_gemm() is not None else MKL_MAX_ROWS
+
+
+def few_rows_product(weight: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``rows @ weight.T`` (``[n, in]`` rows, n at most :func:`max_rows`), weight row by weight row."""
+    gemm = few_rows_gemm()
+    if gemm is not None:
+        return gemm(rows, weight)
+    return torch.mm(weight, rows.t()).t().contiguous()
 
 
 class WeightMajorLinear(nn.Linear):
-    """``nn.Linear`` computing ``(W @ x.T).T`` for up to ``MAX_ROWS`` rows: same parameters, same
-    result up to float rounding. ``row_counts[n]`` is the row count ``n`` rows are computed as
-    (zero rows added); :func:`use_weight_major` sets it from a measurement."""
+    """``nn.Linear`` computing up to :func:`max_rows` rows with :func:`few_rows_product`: same
+    parameters, same result up to float rounding. ``row_counts[n]`` is the row count ``n`` rows
+    are computed as (zero rows added); :func:`use_weight_major` sets it from a measurement."""
 
-    row_counts: tuple[int, ...] = tuple(range(MAX_ROWS + 1))
+    row_counts: tuple[int, ...] = tuple(range(MKL_MAX_ROWS + 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         count = rows.shape[0]
-        if count > MAX_ROWS:
-            return super().forward(x)
+        if count >= len(self.row_counts) or (torch.is_grad_enabled() and self.weight.requires_grad):
+            return super().forward(x)  # many rows, or a product to differentiate
         padded = self.row_counts[count]
         if padded > count:
             rows = torch.cat([rows, rows.new_zeros(padded - count, rows.shape[1])])
-        out = torch.mm(self.weight, rows.t())[:, :count].t().contiguous()
+        out = few_rows_product(self.weight, rows)[:count]
         if self.bias is not None:
             out += self.bias
         return out.view(*x.shape[:-1], self.out_features)
 
     def rows_computed(self, rows: int) -> int:
         """How many rows a product with ``rows`` rows really computes."""
-        return self.row_counts[rows] if rows <= MAX_ROWS else rows
+        return self.row_counts[rows] if rows < len(self.row_counts) else rows
 
 
 def cheapest_row_counts(weight: torch.Tensor, repeats: int = 5) -> tuple[int, ...]:
-    """For ``n`` in ``0..MAX_ROWS``, the row count ``m >= n`` whose weight-major product with
-    ``weight`` measured fastest (best of ``repeats``, the counts interleaved so that a stall
+    """For ``n`` in ``0..max_rows()``, the row count ``m >= n`` whose :func:`few_rows_product`
+    with ``weight`` measured fastest (best of ``repeats``, the counts interleaved so that a stall
     hits one sample, not one count)."""
-    seconds = [float("inf")] * (MAX_ROWS + 1)
-    inputs = [torch.randn(n, weight.shape[1], dtype=weight.dtype) for n in range(MAX_ROWS + 1)]
+    most = max_rows()
+    seconds = [float("inf")] * (most + 1)
+    inputs = [torch.randn(n, weight.shape[1], dtype=weight.dtype) for n in range(most + 1)]
     with torch.inference_mode():
         for _ in range(repeats + 1):  # the first round warms up
-            for n in range(1, MAX_ROWS + 1):
+            for n in range(1, most + 1):
                 start = time.perf_counter()
-                torch.mm(weight, inputs[n].t())
+                few_rows_product(weight, inputs[n])
                 seconds[n] = min(seconds[n], time.perf_counter() - start)
     seconds[0] = 0.0
-    return tuple(min(range(n, MAX_ROWS + 1), key=seconds.__getitem__) for n in range(MAX_ROWS + 1))
+    return tuple(min(range(n, most + 1), key=seconds.__getitem__) for n in range(most + 1))
 
 
 def speeds_up(model: nn.Module) -> bool:

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from actors.cpu_linear import (
-    MAX_ROWS,
     WeightMajorLinear,
     cheapest_row_counts,
+    max_rows,
     rows_computed,
     speeds_up,
     stock_copy,
@@ -66,9 +66,17 @@ def test_padded_row_counts_give_the_same_result_and_are_reported():
 
 
 def test_cheapest_row_counts_pad_up_never_down():
-    counts = cheapest_row_counts(torch.randn(256, 64), repeats=2)
-    assert len(counts) == MAX_ROWS + 1 and counts[0] == 0
-    assert all(n <= counts[n] <= MAX_ROWS for n in range(MAX_ROWS + 1))
-    # the choice for n is the cheapest of n..MAX_ROWS, so it is also the choice for every count
+    counts, most = cheapest_row_counts(torch.randn(256, 64), repeats=2), max_rows()
+    assert len(counts) == most + 1 and counts[0] == 0
+    assert all(n <= counts[n] <= most for n in range(most + 1))
+    # the choice for n is the cheapest of n..most, so it is also the choice for every count
     # between n and it
-    assert all(counts[m] == counts[n] for n in range(1, MAX_ROWS + 1) for m in range(n, counts[n] + 1))
+    assert all(counts[m] == counts[n] for n in range(1, most + 1) for m in range(n, counts[n] + 1))
+
+
+def test_a_product_to_differentiate_runs_the_stock_way():
+    torch.manual_seed(0)
+    layer = nn.Linear(16, 24)
+    use_weight_major(layer)
+    layer(torch.randn(3, 16)).sum().backward()
+    assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
