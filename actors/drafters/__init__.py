@@ -1,6 +1,7 @@
 """Drafters, built by name: ``ngram``, ``model:PATH`` (``model:distilled``: the one bundled for the
-embedded default verifier), ``heads:PATH`` (Medusa-style heads on the verifier's hidden states),
-``ngram+heads:PATH`` (both sources in one tree), ``early-exit[:LAYERS]`` or ``none``."""
+embedded default verifier), ``heads:PATH`` (Medusa-style heads on the verifier's hidden states;
+``heads:distilled``: the ones bundled for it), ``ngram+heads:PATH`` (both sources in one tree),
+``early-exit[:LAYERS]`` or ``none``."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def parse_drafter(spec: str) -> tuple[str, str]:
     if kind not in KINDS:
         raise ValueError(
             f"unknown drafter {spec!r}; choose one of: ngram, model:PATH, model:distilled, "
-            "heads:PATH, ngram+heads:PATH, early-exit[:LAYERS], none"
+            "heads:PATH, ngram+heads:PATH, ngram+heads:distilled, early-exit[:LAYERS], none"
         )
     if kind in ("model", "heads", "ngram+heads") and not arg:
         raise ValueError(f"drafter '{kind}' needs a path: {kind}:PATH")

@@ -10,6 +10,8 @@ heads' top-k lists, grown best-first by path probability within the draft budget
 
 A heads folder holds ``heads.json`` (``hidden_size``, ``num_heads``) and ``heads.safetensors``;
 the LM head is the verifier's, so heads run in the verifier's process (``--drafter heads:PATH``).
+``heads:distilled`` names the heads shipped for the embedded SmolLM2-135M verifier
+(``pretrained/smollm2-135m-heads``, made by ``tandem distill-heads``: docs/distill.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from actors.messages import DraftBudget, DraftTree, Verdict
 
 CONFIG_FILE = "heads.json"
 WEIGHTS_FILE = "heads.safetensors"
+#: heads that ship with Tandem, by the name ``--drafter heads:NAME`` takes in place of a path
+BUNDLED = {"distilled": Path(__file__).parent / "pretrained" / "smollm2-135m-heads"}
 
 #: each head's top candidates for one sequence: (probabilities, tokens), each ``[K][branching]``.
 Guesses = tuple[list[list[float]], list[list[int]]]
@@ -68,7 +72,8 @@ class MedusaHeads(nn.Module):
 
     @classmethod
     def load(cls, folder: str | Path) -> MedusaHeads:
-        folder = Path(folder).expanduser()
+        """Heads from ``folder``, or the bundled heads :data:`BUNDLED` names."""
+        folder = Path(BUNDLED.get(str(folder), folder)).expanduser()
         if not (folder / CONFIG_FILE).is_file():
             raise ValueError(f"{folder} is not a heads folder: it has no {CONFIG_FILE}")
         config = json.loads((folder / CONFIG_FILE).read_text())

@@ -21,7 +21,8 @@ def smollm2():
 
 
 @pytest.mark.parametrize(
-    ("drafter", "draft_vocab"), [("ngram", 0), ("early-exit:6", 0), ("model:distilled", 8192)]
+    ("drafter", "draft_vocab"),
+    [("ngram", 0), ("early-exit:6", 0), ("model:distilled", 8192), ("ngram+heads:distilled", 4096)],
 )
 def test_greedy_equals_hf_generate(smollm2, drafter, draft_vocab):
     config = EngineConfig(

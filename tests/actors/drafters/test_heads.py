@@ -107,6 +107,12 @@ def test_a_heads_folder_loads_as_a_drafter_and_hot_swaps(tiny_lm, tmp_path):
     assert not torch.equal(drafter.heads.blocks[0].weight, trained.blocks[0].weight)
 
 
+def test_the_bundled_heads_load_by_name_and_are_trained():
+    heads = MedusaHeads.load("distilled")
+    assert (heads.hidden_size, heads.num_heads) == (576, 3)  # SmolLM2-135M's width
+    assert all(block.weight.abs().sum() > 0 for block in heads.blocks)  # not the zero init
+
+
 def test_bad_heads_are_refused_with_the_reason(tiny_lm, tmp_path):
     with pytest.raises(ValueError, match="heads.json"):
         Engine(EngineConfig(drafter=f"heads:{tmp_path}", **ENGINE), tiny_lm)
