@@ -56,7 +56,9 @@ class WeightMajorLinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])
         count = rows.shape[0]
-        if count >= len(self.row_counts) or (torch.is_grad_enabled() and self.weight.requires_grad):
+        if count >= len(self.row_counts) or (
+            torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)
+        ):
             return super().forward(x)  # many rows, or a product to differentiate
         padded = self.row_counts[count]
         if padded > count:

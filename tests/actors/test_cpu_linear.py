@@ -80,3 +80,7 @@ def test_a_product_to_differentiate_runs_the_stock_way():
     use_weight_major(layer)
     layer(torch.randn(3, 16)).sum().backward()
     assert layer.weight.grad is not None and layer.weight.grad.abs().sum() > 0
+    layer.requires_grad_(False)  # a frozen layer between trained ones (heads through the LM head)
+    x = torch.randn(3, 16, requires_grad=True)
+    layer(x).sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
