@@ -43,6 +43,7 @@ def build_drafter(
     checked against it and a compact drafter folder takes its shared tensors from it (else from
     ``config.model``, loaded for the purpose)."""
     from actors.drafters.artifact import load_drafter
+    from actors.drafters.heads import BUNDLED as HEADS_BUNDLED
     from actors.drafters.heads import HeadsDrafter, MedusaHeads
     from actors.drafters.model import ModelDrafter
     from actors.drafters.ngram import NgramDrafter
@@ -57,6 +58,11 @@ def build_drafter(
     if kind in ("early-exit", "heads", "ngram+heads") and verifier is None:
         raise ValueError(f"drafter '{kind}' runs inside the verifier; it needs the verifier model")
     if kind in ("heads", "ngram+heads"):
+        if arg in HEADS_BUNDLED and config.model != "default":
+            raise ValueError(
+                f"drafter '{kind}:{arg}' is trained for the embedded default model, not {config.model!r}: "
+                f"use --drafter ngram, or heads trained for it (tandem distill-heads)"
+            )
         heads = MedusaHeads.load(arg)
         if heads.hidden_size != verifier.config.hidden_size:
             raise ValueError(

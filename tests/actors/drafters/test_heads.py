@@ -121,6 +121,8 @@ def test_bad_heads_are_refused_with_the_reason(tiny_lm, tmp_path):
         Engine(EngineConfig(drafter=f"heads:{tmp_path / 'other'}", **ENGINE), tiny_lm)
     with pytest.raises(ValueError, match="heads:PATH"):
         Engine(EngineConfig(drafter="heads", **ENGINE), tiny_lm)
+    with pytest.raises(ValueError, match="embedded default model"):  # bundled heads, another model
+        Engine(EngineConfig(drafter="ngram+heads:distilled", model="/some/model", **ENGINE), tiny_lm)
 
 
 def test_heads_guesses_join_the_ngram_tree():
