@@ -4,7 +4,7 @@ A verifier step multiplies every weight matrix by a handful of rows (the last to
 draft tree). Both products stream the same weights from memory, yet MKL's float32 GEMM computing
 ``x @ W.T`` with 2-16 rows costs up to twice the single-row product. :class:`WeightMajorLinear`
 computes those products weight row by weight row instead: with the compiled kernel of
-kernels/cpu_gemm.py where it runs (x86 Linux with a C compiler; up to 16 rows), else as MKL's
+kernels/cpu_gemm.py where it runs (x86 Linux with a C compiler; up to 32 rows), else as MKL's
 transposed product ``(W @ x.T).T``, which takes the large dimension from ``W`` (up to 8 rows;
 measured on the 2-core CPU of docs/benchmarks.md, SmolLM2-135M's 211 linear layers: 2 rows 71 → 32
 ms, 4 rows 72 → 51 ms, 1 row unchanged; bfloat16 goes through oneDNN, where the swap is slower:

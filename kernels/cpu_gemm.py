@@ -1,13 +1,14 @@
 """Few-row float32 products on x86 CPUs: ``x @ w.T`` for a handful of rows, streaming ``w`` once.
 
-MKL's float32 GEMM is poor at the shapes of a verifier step (1-16 rows against every weight
+MKL's float32 GEMM is poor at the shapes of a verifier step (1-32 rows against every weight
 matrix): its cost grows with the row count although the weights, which dominate the memory
 traffic, are the same. ``cpu_gemm.c`` reads each weight row once for up to 8 rows of ``x`` and
 splits the weight rows over OpenMP threads. SmolLM2-135M's forward and LM head over a 300-token
 prefix, on the 2-core CPU of docs/benchmarks.md, the two products alternating in one process:
 1 / 2 / 4 / 8 / 16 rows 54.1 / 61.0 / 54.3 / 96.0 / 123.4 ms through MKL (with
-actors/cpu_linear.py's transposed product), 41.2 / 46.2 / 47.1 / 59.5 / 91.4 ms here; 24 and
-32 rows cost the same either way, so above :data:`MAX_ROWS` the stock product runs.
+actors/cpu_linear.py's transposed product), 41.2 / 46.2 / 47.1 / 59.5 / 91.4 ms here; 24 rows
+151.6 → 140.9 ms, 32 rows 192.0 → 191.9 ms (the stock product), so above :data:`MAX_ROWS` the stock
+product runs.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into
 ``$TANDEM_CACHE/kernels`` (default ``~/.cache/tandem/kernels``), once per source version. It is
@@ -35,7 +36,7 @@ import torch
 
 log = logging.getLogger(__name__)
 
-MAX_ROWS = 16  # above this the stock product is faster (docs/benchmarks.md)
+MAX_ROWS = 32  # at 32 rows the two products cost the same (docs/benchmarks.md)
 SOURCE = Path(__file__).with_name("cpu_gemm.c")
 FLAGS = ["-O3", "-mavx2", "-mfma", "-fopenmp", "-shared", "-fPIC"]
 
