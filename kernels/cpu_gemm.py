@@ -7,7 +7,7 @@ splits the weight rows over OpenMP threads. SmolLM2-135M's forward and LM head o
 prefix, on the 2-core CPU of docs/benchmarks.md, the two products alternating in one process:
 1 / 2 / 4 / 8 / 16 rows 54.1 / 61.0 / 54.3 / 96.0 / 123.4 ms through MKL (with
 actors/cpu_linear.py's transposed product), 41.2 / 46.2 / 47.1 / 59.5 / 91.4 ms here; 24 rows
-151.6 → 140.9 ms, 32 rows 192.0 → 191.9 ms (the stock product), so above :data:`MAX_ROWS` the stock
+151.6 → 140.9 ms, 32 rows 192.0 → 191.9 ms: no gain left, so above :data:`MAX_ROWS` the stock
 product runs.
 
 The C file is compiled on first use with the system's C compiler (``$CC``, else ``cc``) into
@@ -52,7 +52,7 @@ def few_rows_gemm() -> Gemm | None:
         try:
             return _bind(ctypes.CDLL(str(compiled_library())))
         except (OSError, subprocess.CalledProcessError) as error:
-            reason = f"could not build {SOURCE.name}: {error}"
+            reason = f"could not build {SOURCE.name}: {error} {getattr(error, 'stderr', '') or ''}".strip()
     log.info("few-row CPU kernel not used (%s): PyTorch's product runs", reason)
     return None
 
