@@ -24,7 +24,7 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator
 
 from actors.budget import BudgetController
-from actors.drafters import build_drafter
+from actors.drafters.factory import build_drafter
 from actors.drafters.base import Drafter
 from actors.drafters.link import DrafterLink, DrafterUnavailable, LocalDrafter
 from actors.drafters.worker import DrafterWorker

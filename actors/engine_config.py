@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from actors.drafters import parse_drafter
+from actors.drafters.spec import parse_drafter
 from actors.models import resolve_dtype
 
 

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 
 import ray
 
-from actors.drafters import build_drafter, parse_drafter
+from actors.drafters.factory import build_drafter
+from actors.drafters.spec import parse_drafter
 from actors.drafters.link import DrafterUnavailable
 from actors.drafters.worker import DrafterWorker
 from actors.engine import Engine, EngineConfig, GenerationResult, RequestUpdate
