@@ -8,7 +8,10 @@ at position ``p + k``, with the same divergences and tail bucket as the model st
 
 Given a checkpoint folder, training saves the heads, the optimizer and the history there at every
 evaluation and a later run with the same settings resumes from it: the row order is a function of
-the step, so a resumed run ends with the same heads as an uninterrupted one.
+the step, so a resumed run ends with the same heads as an uninterrupted one. The folder is a heads
+folder as it is (``heads.json``, safetensors weights), plus the optimizer's state in safetensors
+(``actors/trainers/checkpoints.py``) and :data:`STATE_FILE` (step, history, settings, the
+optimizer's hyperparameters) in JSON: nothing pickled.
 """
 
 from __future__ import annotations
@@ -21,11 +24,11 @@ import torch
 from transformers import PreTrainedModel
 
 from actors.drafters.heads import MedusaHeads
+from actors.trainers.checkpoints import load_optimizer, save_optimizer
 from actors.trainers.data import TokenBatch, collate, step_rows
 from actors.trainers.distill import warmup_cosine
 from actors.trainers.losses import distill_loss
 
-OPTIMIZER_FILE = "optimizer.pt"
 STATE_FILE = "heads_state.json"
 
 
@@ -94,9 +97,9 @@ def heads_loss(heads: MedusaHeads, lm_head, states: torch.Tensor, batch: TokenBa
 
 def save_checkpoint(folder: Path, heads: MedusaHeads, optimizer, history: list[dict], config: HeadsConfig):
     heads.save(folder)
-    torch.save(optimizer.state_dict(), folder / OPTIMIZER_FILE)
+    groups = save_optimizer(folder, heads.named_parameters(), optimizer)
     state = {"step": history[-1]["step"], "history": history, "config": asdict(config)}
-    (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
+    (folder / STATE_FILE).write_text(json.dumps(state | {"param_groups": groups}, indent=1))
 
 
 def load_checkpoint(folder: Path, heads: MedusaHeads, optimizer, config: HeadsConfig) -> list[dict]:
@@ -111,7 +114,7 @@ def load_checkpoint(folder: Path, heads: MedusaHeads, optimizer, config: HeadsCo
                 f"this run has {value!r}: resume with the same settings or use another checkpoint"
             )
     heads.load_state_dict(MedusaHeads.load(folder).state_dict())
-    optimizer.load_state_dict(torch.load(folder / OPTIMIZER_FILE))
+    load_optimizer(folder, heads.named_parameters(), optimizer, state.get("param_groups", []))
     return state["history"]
 
 

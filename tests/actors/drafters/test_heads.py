@@ -172,7 +172,8 @@ def test_ngram_plus_heads_is_lossless_and_hot_swaps(tiny_lm, tmp_path):
 
 def test_heads_training_resumes_from_its_checkpoint(tiny_lm, tmp_path):
     """Stopped after step 3 of 6 and started again, training ends with the heads of a run that
-    was never stopped; a checkpoint of other settings is refused with the key named."""
+    was never stopped; the checkpoint is safetensors and JSON only (nothing to unpickle); a
+    checkpoint of other settings is refused with the key named."""
     model = tiny_lm.model
     train, val = counting_rows(model, 12, 0), counting_rows(model, 4, 3)
     config = HeadsConfig(max_steps=6, batch_size=4, learning_rate=1e-2)
@@ -184,6 +185,7 @@ def test_heads_training_resumes_from_its_checkpoint(tiny_lm, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train_heads(model, train, val, config, log=stop_after_step_3, checkpoint=tmp_path)
+    assert {path.suffix for path in tmp_path.rglob("*") if path.is_file()} == {".json", ".safetensors"}
     messages = []
     resumed, resumed_history = train_heads(
         model, train, val, config, log=messages.append, checkpoint=tmp_path
