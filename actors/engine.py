@@ -11,6 +11,10 @@ away and the sequence is drafted again. The drafter may live in this process or 
 :class:`~actors.drafters.link.DrafterLink` (another actor, another node); when it is unreachable
 the engine decodes without drafts until it answers again. Output never depends on the drafter:
 it is the verifier's, token for token.
+
+For RL the engine also returns the log-prob of every committed token (``SamplingParams.logprobs``),
+swaps the verifier's weights between rollouts (:meth:`Engine.load_weights`, stamping each result
+with its ``policy_version``) and scores given completions teacher-forced (:meth:`Engine.score`).
 """
 
 from __future__ import annotations
@@ -24,15 +28,17 @@ from collections import Counter, deque
 from collections.abc import AsyncIterator
 
 from actors.budget import BudgetController
-from actors.drafters.factory import build_drafter
 from actors.drafters.base import Drafter
+from actors.drafters.factory import build_drafter
 from actors.drafters.link import DrafterLink, DrafterUnavailable, LocalDrafter
 from actors.drafters.worker import DrafterWorker
 from actors.engine_config import EngineConfig, eos_token_ids, resolve_device, validate
 from actors.messages import DraftBudget, DraftCall, DraftTree, SamplingParams, Verdict
 from actors.models import LoadedModel, encode_chat, load_model
-from actors.requests import GenerationResult, GenerationStats, Request, RequestUpdate
+from actors.requests import GenerationResult, GenerationStats, Request, RequestUpdate, check_room
+from actors.scoring import score_completions
 from actors.verifiers.verifier import Verifier
+from actors.weights import load_in_place
 
 __all__ = ["Engine", "EngineConfig", "GenerationResult", "GenerationStats", "RequestUpdate"]
 
@@ -96,6 +102,8 @@ class Engine:
         self._unsent_releases: list[int] = []
         self._unsent_verdicts: list[Verdict] = []
         self._drafter_down_until = 0.0
+        #: version of the verifier weights, set by :meth:`load_weights`; stamped on every result
+        self.policy_version = 0
 
     # -- requests -------------------------------------------------------------------------
 
@@ -130,6 +138,37 @@ class Engine:
                 f"leaves room for at most {room - 1}"
             )
 
+    def check_request(self, prompt_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError unless the request can start: :meth:`check_prompt`, and with
+        ``params.require_full_length`` room for all of it (:func:`~actors.requests.check_room`)."""
+        self.check_prompt(prompt_ids)
+        if params.require_full_length:
+            check_room(len(prompt_ids), params.max_new_tokens, self.config)
+
+    def load_weights(self, state_dict: dict, version: int) -> None:
+        """Copy new verifier weights in place (:func:`actors.weights.load_in_place`: a partial
+        state dict with the model's own names and shapes) and set :attr:`policy_version`, which
+        every later result carries. Refused (ValueError, nothing changed) while any request runs
+        or waits, and for a bad key or shape, named."""
+        if self._running or self._waiting:
+            raise ValueError(
+                f"load_weights refused: {len(self._running)} request(s) running and "
+                f"{len(self._waiting)} waiting; swap weights when the engine is idle"
+            )
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise ValueError(f"version must be an int, got {version!r}")
+        load_in_place(self.model, state_dict)
+        self.policy_version = version
+
+    def score(
+        self, prompts: list[list[int]], completions: list[list[int]], temperature: float = 1.0
+    ) -> list[list[float]]:
+        """Teacher-forced log-probs of each completion token under the current weights
+        (:func:`actors.scoring.score_completions`): they equal what ``SamplingParams.logprobs``
+        returns to float32 rounding. Not through the KV cache: running requests are untouched
+        (their steps wait while it runs on the loop's thread)."""
+        return score_completions(self.model, prompts, completions, temperature)
+
     def generate(
         self, prompts: list[list[int]], params: SamplingParams | list[SamplingParams] | None = None
     ) -> list[GenerationResult]:
@@ -147,8 +186,8 @@ class Engine:
         per_request = params if isinstance(params, list) else [params] * len(prompts)
         if len(per_request) != len(prompts):
             raise ValueError("give one SamplingParams per prompt, or one for all")
-        for prompt_ids in prompts:
-            self.check_prompt(prompt_ids)
+        for prompt_ids, request_params in zip(prompts, per_request):
+            self.check_request(prompt_ids, request_params)
         requests = [self.submit(ids, p) for ids, p in zip(prompts, per_request)]
         while not all(r.done for r in requests):
             await asyncio.wait([self._task])  # the loop may serve others after ours: never cancel it
@@ -158,9 +197,10 @@ class Engine:
         return [r.result() for r in requests]
 
     def submit(self, prompt_ids: list[int], params: SamplingParams, stream: bool = False) -> Request:
-        """Queue a request (call from the event loop that runs the engine)."""
-        self.check_prompt(prompt_ids)
-        request = Request(next(self._ids), list(prompt_ids), params)
+        """Queue a request (call from the event loop that runs the engine); raises ValueError
+        when it cannot run (:meth:`check_request`)."""
+        self.check_request(prompt_ids, params)
+        request = Request(next(self._ids), list(prompt_ids), params, policy_version=self.policy_version)
         if stream:
             request.updates = asyncio.Queue()
         self._waiting.append(request)

@@ -20,9 +20,22 @@ class SamplingParams:
         temperature: 0 means greedy; otherwise the softmax temperature.
         top_p: nucleus mass kept (0 < top_p <= 1).
         top_k: keep the k most likely tokens; 0 keeps all.
-        stop: strings that end generation; the stop string itself is not returned.
+        stop: strings that end generation; the stop string itself is not in the text, while the
+            token ids end with the token that completed it
+            (:meth:`~actors.requests.Request.extend`).
         ignore_eos: keep generating past the EOS token (benchmarks).
         seed: seeds this request's sampler, for reproducible sampling.
+        logprobs: return the log-probability of every generated token
+            (:attr:`~actors.requests.GenerationResult.logprobs`) under the distribution it was
+            chosen from: ``log_softmax(logits / temperature)``, truncated to the top-k / top-p
+            set when those are on (an RL job refuses them: they bias the importance ratio), and
+            ``log_softmax(logits)`` for greedy decoding (temperature 0). Computed in float32 from
+            the verifier's logits of the step that committed the token; costs nothing when off.
+        require_full_length: refuse the request up front (``ValueError`` from
+            :meth:`~actors.engine.Engine.check_request`) unless prompt + ``max_new_tokens`` + the
+            largest draft tree + 1 fit in ``max_model_len``, so that it ends only with EOS, a stop
+            string or ``max_new_tokens``, never cut short with ``length`` by a full KV cache (RL
+            rollouts). Off by default: a server finishes such a request with ``length``.
     """
 
     max_new_tokens: int = 128
@@ -32,6 +45,8 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     seed: int | None = None
+    logprobs: bool = False
+    require_full_length: bool = False
 
     def __post_init__(self) -> None:
         if self.max_new_tokens <= 0:
@@ -190,6 +205,9 @@ class Verdict:
         hidden: ``[H]`` float32, the verifier's last hidden state (after its final norm) at the
             position whose logits chose ``tokens[-1]``, present when the drafter asked for it
             (heads on the verifier's features: :mod:`actors.drafters.heads`).
+        token_logprobs: one float per entry of ``tokens``: its log-probability under the
+            distribution it was chosen from (see :attr:`SamplingParams.logprobs`), present
+            when the sequence's request asked for log-probs.
     """
 
     seq_id: int
@@ -200,6 +218,7 @@ class Verdict:
     context_topk: torch.Tensor | None = None
     context_topk_probs: torch.Tensor | None = field(default=None)
     hidden: torch.Tensor | None = None
+    token_logprobs: list[float] | None = None
 
     @property
     def num_accepted(self) -> int:

@@ -61,6 +61,12 @@ def accept_greedy(tree: DraftTree, logits: torch.Tensor) -> tuple[list[int], int
 
 def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
     """``[R, V]`` logits → ``[R, V]`` float32 probabilities after temperature, top-k and top-p."""
+    return target_scores(logits, params).softmax(dim=-1)
+
+
+def target_scores(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
+    """``[R, V]`` logits → ``[R, V]`` float32 ``logits / temperature``, ``-inf`` outside the top-k
+    and top-p sets (sampling only: ``temperature > 0``)."""
     scores = logits.float() / params.temperature
     if params.top_k:
         kth = torch.topk(scores, min(params.top_k, scores.shape[-1]), dim=-1).values[..., -1:]
@@ -72,7 +78,21 @@ def target_probs(logits: torch.Tensor, params: SamplingParams) -> torch.Tensor:
         drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= params.top_p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         scores = scores.masked_fill(drop, float("-inf"))
-    return scores.softmax(dim=-1)
+    return scores
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], params: SamplingParams) -> list[float]:
+    """Log-probability of ``tokens[r]`` under the distribution row ``r`` chose it from, in float32.
+
+    Args:
+        logits: ``[R, V]`` the verifier's logits of the rows that chose the tokens.
+        tokens: ``[R]`` the chosen tokens.
+        params: the request's sampling: ``log_softmax(logits / temperature)`` (within the top-k /
+            top-p set when truncated) for sampling, ``log_softmax(logits)`` for greedy.
+    """
+    scores = logits.float() if params.greedy else target_scores(logits, params)
+    index = torch.tensor(tokens, dtype=torch.long, device=scores.device).view(-1, 1)
+    return scores.log_softmax(dim=-1).gather(-1, index).view(-1).tolist()
 
 
 def gumbel_noise(seed: int, position: int, vocab: int) -> torch.Tensor:

@@ -16,7 +16,7 @@ from transformers import PreTrainedModel
 
 from actors.messages import DraftTree, SamplingParams, Verdict
 from actors.tree_model import SlotTable, TreeInput, TreeModel, release_sequence
-from actors.verifiers.acceptance import accept_greedy, accept_sampling, target_probs
+from actors.verifiers.acceptance import accept_greedy, accept_sampling, target_probs, token_logprobs
 
 
 @dataclass
@@ -153,14 +153,20 @@ class Verifier:
             context_tokens = torch.tensor(item.tokens[first:])
             context_topk, context_probs = top.indices, top.values
         drafted = tree.tokens.tolist()
+        tokens = [drafted[node] for node in accepted] + [token]
+        logprobs = None
+        if seq.params.logprobs:  # row 0 chose the first token, row 1 + node the one after node
+            chose = [0] + [1 + node for node in accepted]
+            logprobs = token_logprobs(tree_logits[chose], tokens, seq.params)
         return Verdict(
             seq_id=tree.seq_id,
-            tokens=[drafted[node] for node in accepted] + [token],
+            tokens=tokens,
             accepted_nodes=accepted,
             num_drafted=len(tree),
             context_tokens=context_tokens,
             context_topk=context_topk,
             context_topk_probs=context_probs,
+            token_logprobs=logprobs,
         )
 
     def _compact(self, trees: list[DraftTree], verdicts: list[Verdict]) -> None:
