@@ -11,9 +11,20 @@ from actors.drafters.ngram import NgramDrafter, _Sequence
 from actors.drafters.worker import DrafterWorker
 from actors.engine import Engine, EngineConfig
 from actors.messages import DraftBudget, DraftCall, SamplingParams
-from tests.actors.test_lossless import plain_greedy, prompts
+from tests.actors.test_lossless import plain_greedy, prompts, untouched_copy
 
 GREEDY = SamplingParams(max_new_tokens=24, ignore_eos=True)
+DEADLINE_S = 60.0  # far beyond any of these steps: reaching it means the awaited thing never happens
+
+
+async def until(condition, what: str) -> None:
+    """Yield to the event loop until ``condition()`` holds; raise once :data:`DEADLINE_S` passes."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + DEADLINE_S
+    while not condition():
+        if loop.time() > deadline:
+            raise TimeoutError(f"{what}: not within {DEADLINE_S} s")
+        await asyncio.sleep(0)
 
 
 def config(**overrides) -> EngineConfig:
@@ -25,6 +36,7 @@ def test_drafting_ahead_is_used_and_lossless(tiny_lm, drafter):
     """The verifier itself as the model drafter guesses every outcome right, so trees drafted
     ahead must be used (the n-gram drafter rarely guesses a random model right). Output equals
     plain decoding either way."""
+    reference = untouched_copy(tiny_lm.model)
     if drafter == "model":
         draft = ModelDrafter(tiny_lm.model, 8, 256, branching=1, threshold=0.0)
     else:
@@ -33,7 +45,7 @@ def test_drafting_ahead_is_used_and_lossless(tiny_lm, drafter):
     engine = Engine(config(**settings), tiny_lm, draft)
     batch = prompts(4, seed=5)
     results = engine.generate(batch, GREEDY)
-    assert [r.token_ids for r in results] == [plain_greedy(tiny_lm.model, p, 24) for p in batch]
+    assert [r.token_ids for r in results] == [plain_greedy(reference, p, 24) for p in batch]
     assert engine.counters["speculated"] > 0
     if drafter == "model":  # every guess is right (the last steps' guesses go unused)
         assert engine.counters["speculation_hits"] >= engine.counters["speculated"] - len(batch)
@@ -57,11 +69,12 @@ class FlakyLink(LocalDrafter):
 
 
 def test_a_failing_drafter_degrades_to_plain_decoding_and_is_reseeded(tiny_lm):
+    reference = untouched_copy(tiny_lm.model)
     link = FlakyLink(DrafterWorker(NgramDrafter()), fail_every=4)
     engine = Engine(config(drafter_retry_s=0.0, async_speculation=True), tiny_lm, link)
     batch = prompts(4, seed=6)
     results = engine.generate(batch, GREEDY)
-    assert [r.token_ids for r in results] == [plain_greedy(tiny_lm.model, p, 24) for p in batch]
+    assert [r.token_ids for r in results] == [plain_greedy(reference, p, 24) for p in batch]
     assert engine.counters["drafter_failures"] >= 2
     assert sum(r.stats.drafted for r in results) > 0  # it came back and drafted again
 
@@ -87,13 +100,8 @@ def test_stream_yields_the_generated_text_and_closing_it_aborts(tiny_lm):
     engine = Engine(config(), tiny_lm, NgramDrafter())
     (whole,) = engine.generate([prompts(1)[0]], GREEDY)
 
-    async def consume(limit=None):
-        updates = []
-        async for update in engine.stream(prompts(1)[0], GREEDY):
-            updates.append(update)
-            if limit and len(updates) == limit:
-                break
-        return updates
+    async def consume():
+        return [update async for update in engine.stream(prompts(1)[0], GREEDY)]
 
     updates = asyncio.run(consume())
     assert "".join(u.text for u in updates) == whole.text
@@ -101,11 +109,15 @@ def test_stream_yields_the_generated_text_and_closing_it_aborts(tiny_lm):
     assert updates[-1].finish_reason == "length" and updates[-1].stats.new_tokens == 24
 
     async def abort_early():
-        await consume(limit=1)
-        await asyncio.sleep(0.3)  # the loop retires the request between steps
-        return engine.num_running + engine.num_waiting
+        stream = engine.stream(prompts(1)[0], GREEDY)
+        first = await anext(stream)
+        await stream.aclose()  # the client went away
+        # the loop retires the request before its next step, then ends: nothing is left to run
+        await asyncio.wait_for(engine._task, DEADLINE_S)
+        return first
 
-    assert asyncio.run(abort_early()) == 0
+    assert asyncio.run(abort_early()).finish_reason is None  # closed mid-generation
+    assert engine.num_running + engine.num_waiting == 0
     assert engine.verifier.free_slots == 3
     assert engine.counters["aborted"] == 1
 
@@ -146,7 +158,7 @@ def test_a_step_loop_that_is_cancelled_ends_its_streams_with_an_error(tiny_lm):
         stream = engine.stream(first_prompt, GREEDY)
         first = await stream.__anext__()
         waiting = asyncio.ensure_future(engine.generate_async([second_prompt], GREEDY))
-        await asyncio.sleep(0)  # submitted: it waits for the one KV slot
+        await until(lambda: engine.num_waiting == 1, "the second request waits for the one KV slot")
         engine._task.cancel()
         rest = [update async for update in stream]
         with pytest.raises(RuntimeError, match="generation failed: the engine loop stopped"):

@@ -5,6 +5,7 @@ import pytest
 from actors.drafters.model import ModelDrafter
 from actors.engine import Engine, EngineConfig
 from actors.messages import SamplingParams
+from tests.actors.test_lossless import plain_greedy
 
 PROMPT = [3, 1, 4, 1, 5, 9, 2, 6]
 
@@ -50,11 +51,14 @@ def test_seeded_sampling_reproduces_and_mixes_with_greedy(tiny_lm):
 
 
 def test_requests_beyond_the_batch_size_wait_and_finish(tiny_lm):
+    """Five requests through two KV slots: the three that wait get their own full answer, in
+    prompt order, as if each had run alone."""
+    batch = [PROMPT[: i + 2] for i in range(5)]
+    expected = [plain_greedy(tiny_lm.model, prompt, 6) for prompt in batch]  # before an engine swaps layers
     engine = Engine(EngineConfig(device="cpu", max_model_len=256, max_batch_size=2), tiny_lm)
-    results = engine.generate([PROMPT[: i + 2] for i in range(5)], SamplingParams(max_new_tokens=6))
-    assert [len(r.token_ids) for r in results if r.finish_reason == "length"] == [6] * sum(
-        r.finish_reason == "length" for r in results
-    )
+    results = engine.generate(batch, SamplingParams(max_new_tokens=6, ignore_eos=True))
+    assert [r.token_ids for r in results] == expected
+    assert [r.finish_reason for r in results] == ["length"] * 5
     assert all(r.stats.steps > 0 for r in results)
 
 

@@ -18,7 +18,7 @@ from actors.lean_decoder import LeanDecoder
 from actors.messages import SamplingParams
 from actors.models import LoadedModel
 from actors.tree_model import TreeInput, TreeModel
-from tests.actors.test_lossless import plain_greedy, prompts
+from tests.actors.test_lossless import plain_greedy, prompts, untouched_copy
 from tests.conftest import TINY_SHAPE
 
 SHAPE = TINY_SHAPE | dict(initializer_range=0.5, tie_word_embeddings=False)
@@ -56,22 +56,23 @@ def prefill_then_tree(runner: TreeModel) -> torch.Tensor:
 @pytest.mark.parametrize("kind", list(FAMILY))
 def test_hidden_states_equal_transformers_forward(kind):
     model = build(kind)
+    # transformers' forward with the tree attention function, on layers the lean decoder never fused
+    plain = TreeModel(untouched_copy(model), 1, 64, decoder="transformers")
     lean = TreeModel(model, 1, 64)
-    assert lean.decoder is not None
-    plain = TreeModel(model, 1, 64)
-    plain.decoder = None  # transformers' forward with the tree attention function
+    assert lean.decoder is not None and plain.decoder is None
     torch.testing.assert_close(prefill_then_tree(lean), prefill_then_tree(plain), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", list(FAMILY))
 def test_greedy_speculation_stays_lossless(kind, tiny_tokenizer):
     model = build(kind, seed=1)
+    reference = untouched_copy(model)
     loaded = LoadedModel(model=model, tokenizer=tiny_tokenizer, name=kind)
     engine = Engine(EngineConfig(device="cpu", max_model_len=256, max_batch_size=3), loaded)
     assert engine.verifier.runner.decoder is not None
     batch = prompts(3, seed=2)
     results = engine.generate(batch, SamplingParams(max_new_tokens=20, ignore_eos=True))
-    assert [r.token_ids for r in results] == [plain_greedy(model, p, 20) for p in batch]
+    assert [r.token_ids for r in results] == [plain_greedy(reference, p, 20) for p in batch]
 
 
 def test_fused_projections_hold_the_parameters_once_and_see_in_place_loads():
@@ -97,12 +98,13 @@ def test_other_architectures_run_through_transformers():
 
 
 def test_decoder_transformers_runs_every_layer_through_transformers(tiny_lm):
+    reference = untouched_copy(tiny_lm.model)
     config = EngineConfig(device="cpu", max_model_len=256, drafter="early-exit:1", decoder="transformers")
     engine = Engine(config, tiny_lm)
     assert engine.verifier.runner.decoder is None and engine.link.worker.drafter.runner.decoder is None
     batch = prompts(2, seed=7)
     results = engine.generate(batch, SamplingParams(max_new_tokens=12, ignore_eos=True))
-    assert [r.token_ids for r in results] == [plain_greedy(tiny_lm.model, p, 12) for p in batch]
+    assert [r.token_ids for r in results] == [plain_greedy(reference, p, 12) for p in batch]
 
 
 def test_an_unknown_decoder_is_refused_by_name(tiny_lm):

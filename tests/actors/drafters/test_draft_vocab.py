@@ -8,7 +8,7 @@ from actors.cpu_linear import WeightMajorLinear, use_weight_major
 from actors.drafters.model import ModelDrafter, draft_head
 from actors.engine import Engine, EngineConfig
 from actors.messages import DraftBudget, SamplingParams
-from tests.actors.test_lossless import plain_greedy, prompts
+from tests.actors.test_lossless import plain_greedy, prompts, untouched_copy
 
 
 def test_draft_head_is_a_view_of_the_first_rows():
@@ -45,10 +45,11 @@ def test_drafts_only_its_vocabulary(tiny_lm):
 def test_greedy_equals_plain_decoding_with_a_draft_vocabulary(tiny_lm, tiny_model_dir, drafter):
     spec = f"model:{tiny_model_dir}" if drafter == "model" else drafter
     config = EngineConfig(device="cpu", drafter=spec, draft_vocab=24, max_batch_size=2, max_model_len=256)
+    reference = untouched_copy(tiny_lm.model)
     engine = Engine(config, tiny_lm)
     batch = prompts(3)
     results = engine.generate(batch, SamplingParams(max_new_tokens=20, ignore_eos=True))
-    assert [r.token_ids for r in results] == [plain_greedy(tiny_lm.model, p, 20) for p in batch]
+    assert [r.token_ids for r in results] == [plain_greedy(reference, p, 20) for p in batch]
 
 
 def test_negative_draft_vocabulary_is_refused(tiny_lm):

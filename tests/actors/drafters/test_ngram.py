@@ -1,7 +1,6 @@
 """NgramDrafter: valid trees within budget, prompt lookup, token recycling, learning, speed."""
 
 import random
-import time
 
 import pytest
 import torch
@@ -44,6 +43,18 @@ def recycling_verdict(seq_id: int, committed: list[int], table: dict[int, list[t
         context_topk=torch.tensor([[t for t, _ in row] for row in rows]),
         context_topk_probs=torch.tensor([[p for _, p in row] for row in rows]),
     )
+
+
+class CountingNgramDrafter(NgramDrafter):
+    """Records how many history positions each lookup reads."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.pointers_read: list[int] = []
+
+    def _lookup_children(self, history, pointers, kind, n):
+        self.pointers_read.append(len(pointers))
+        return super()._lookup_children(history, pointers, kind, n)
 
 
 def paths(tree: DraftTree) -> list[list[int]]:
@@ -214,19 +225,20 @@ def test_bad_arguments_fail_early():
         NgramDrafter().propose([0], [])
 
 
-def test_propose_is_cheap_on_long_history():
+def test_lookup_work_is_bounded_however_long_the_history():
+    """Each lookup reads at most ``max_matches`` earlier occurrences, so drafting a tree costs
+    the same on a history of 1,200 tokens and of 12,000 (the drafter runs every verifier step).
+    Time per tree is a benchmark's figure: ``tandem bench`` measures the drafter in the step."""
     rng = random.Random(1)
-    vocab = 50
-    drafter = NgramDrafter(threshold=0.0)
-    drafter.add(0, [rng.randrange(vocab) for _ in range(1000)])
-    table = {t: [(rng.randrange(vocab), 0.1) for _ in range(8)] for t in range(vocab)}
-    table = {t: list(dict(successors).items()) for t, successors in table.items()}
-    drafter.commit([recycling_verdict(0, [rng.randrange(vocab)], table)])
+    block = [rng.randrange(4) for _ in range(30)]  # repeated: every n-gram recurs in every block
     budget = DraftBudget(max_nodes=32, max_depth=8)
-    assert len(drafter.propose([0], [budget])[0]) == 32
-    rounds = 200
-    start = time.perf_counter()
-    for _ in range(rounds):
-        drafter.propose([0], [budget])
-    per_tree_ms = (time.perf_counter() - start) / rounds * 1e3
-    assert per_tree_ms < 20, f"propose took {per_tree_ms:.2f} ms per 32-node tree"
+    trees, work = [], []
+    for repeats in (40, 400):
+        drafter = CountingNgramDrafter(threshold=0.0, max_matches=8)
+        drafter.add(0, block * repeats)
+        (tree,) = drafter.propose([0], [budget])
+        assert len(tree) == 32 and len(set(tree.parents.tolist())) < 32  # full, not a chain
+        assert max(drafter.pointers_read) == 8
+        trees.append((tree.tokens.tolist(), tree.parents.tolist()))
+        work.append(sum(drafter.pointers_read))
+    assert trees[0] == trees[1] and work[0] == work[1]

@@ -13,6 +13,7 @@ from actors.drafters.model import ModelDrafter
 from actors.engine import Engine, EngineConfig
 from actors.messages import DraftTree, SamplingParams
 from actors.verifiers.acceptance import accept_sampling, children_lists, sample_targets, target_probs
+from tests.actors.test_lossless import assert_stock, untouched_copy
 
 # chi-square critical values at p = 0.001
 CRITICAL = {8: 26.12, 15: 37.70, 24: 51.18, 35: 66.62, 48: 84.04, 63: 103.44}
@@ -123,6 +124,7 @@ def engine_pairs(verifier, draft_model, tokenizer, trials: int) -> torch.Tensor:
 
 
 def exact_pairs(model) -> torch.Tensor:
+    assert_stock(model)
     with torch.no_grad():
         first = model(torch.tensor([[1, 2, 3]])).logits[0, -1].softmax(-1)
         second = model(torch.tensor([[1, 2, 3, t] for t in range(8)])).logits[:, -1].softmax(-1)
@@ -134,14 +136,27 @@ def test_engine_sampling_matches_target(make_tiny, tiny_tokenizer, monkeypatch, 
     """End to end on a tiny 8-token model with a tiny model drafting 3-way trees."""
     verifier = make_tiny(seed=0, vocab=8, spread=0.15)
     drafter = make_tiny(seed=5, vocab=8, spread=0.15, layers=1)
+    reference = untouched_copy(verifier)
     if broken:
         monkeypatch.setattr("actors.verifiers.verifier.accept_sampling", broken_accept_sampling)
     counts = engine_pairs(verifier, drafter, tiny_tokenizer, 3000)
-    stat, df = chi_square(counts, exact_pairs(verifier))
+    stat, df = chi_square(counts, exact_pairs(reference))
     assert (stat > critical(df)) if broken else (stat < critical(df))
 
 
-@pytest.mark.parametrize("drafter", ["ngram", "model"])
+def plain_sampling(model, prompt: list[int], params: SamplingParams) -> list[int]:
+    """The verifier sampling alone with the seed's noise at each position (one full forward of
+    the stock model per token)."""
+    assert_stock(model)
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(params.max_new_tokens):
+            probs = target_probs(model(torch.tensor([ids])).logits[0, -1:], params)
+            ids += sample_targets(probs, [len(ids)], params.seed)
+    return ids[len(prompt) :]
+
+
+@pytest.mark.parametrize("drafter", ["none", "ngram", "model"])
 def test_seeded_sampling_equals_plain_sampling(tiny_lm, tiny_model_dir, drafter):
     """With the same seeds, speculative sampling emits exactly what plain sampling emits."""
     spec = f"model:{tiny_model_dir}" if drafter == "model" else drafter
@@ -150,10 +165,6 @@ def test_seeded_sampling_equals_plain_sampling(tiny_lm, tiny_model_dir, drafter)
         SamplingParams(max_new_tokens=20, temperature=0.8, top_p=0.95, seed=s, ignore_eos=True)
         for s in range(3)
     ]
-    outputs = {}
-    for name in ("none", spec):
-        engine = Engine(
-            EngineConfig(device="cpu", drafter=name, max_batch_size=3, max_model_len=128), tiny_lm
-        )
-        outputs[name] = [r.token_ids for r in engine.generate(prompts, params)]
-    assert outputs[spec] == outputs["none"]
+    expected = [plain_sampling(tiny_lm.model, p, q) for p, q in zip(prompts, params)]  # before the engine
+    engine = Engine(EngineConfig(device="cpu", drafter=spec, max_batch_size=3, max_model_len=128), tiny_lm)
+    assert [r.token_ids for r in engine.generate(prompts, params)] == expected
