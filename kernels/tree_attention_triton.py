@@ -295,7 +295,7 @@ def pick_splits(programs: int, kv_tiles: int, block_n: int, sm_count: int) -> in
     the extra partial outputs cost more than they gain (measured: batch 8, prefix 16384, tree 8
     ran 245 µs with 5 splits, 194 µs with 2). Each chunk keeps at least 256 keys.
 
-    Batch 1 (8 KV heads → 16 splits, one wave) was swept with ``python -m kernels.sweep_splits``
+    Batch 1 (8 KV heads → 16 splits, one wave) was swept with ``python -m pipelines.bench.kernel_sweep``
     (H100, commit 44aa2bc): splits 8–128 × BLOCK_N 32/64/128 × 4/8 warps × 2–4 stages. Nothing
     beat the heuristic by more than noise at prefix 16384 (tree 8: 36.7 µs, 55% of HBM peak; tree
     32: 42.4 µs, 48%); more splits got slower even without the combine (tree 8, kernel alone:

@@ -20,22 +20,27 @@ PIPELINES = {
         "distill the drafter from the verifier (Ray Data + Ray Train)",
     ),
     "distill-heads": (
-        "pipelines.distill_heads",
+        "pipelines.distill.heads",
         "DistillHeadsConfig",
         "train Medusa-style heads on a distill run's teacher rows",
     ),
-    "bench": ("pipelines.bench", "BenchConfig", "benchmark against Hugging Face generate"),
+    "rl": ("pipelines.rl", "RLConfig", "RL alignment: GRPO/DAPO with verifiable, length-aware rewards"),
+    "bench": ("pipelines.bench.latency", "BenchConfig", "benchmark against Hugging Face generate"),
     "load-bench": (
-        "pipelines.load_bench",
+        "pipelines.bench.load",
         "LoadBenchConfig",
         "serving benchmark: concurrent clients, spec on/off",
     ),
     "batch-bench": (
-        "pipelines.batch_bench",
+        "pipelines.bench.batch",
         "BatchBenchConfig",
         "batch job benchmark: the same prompts with speculation on and off",
     ),
-    "verify-cost": ("pipelines.verify_cost", "VerifyCostConfig", "time a verifier step by draft tree size"),
+    "verify-cost": (
+        "pipelines.bench.verify_cost",
+        "VerifyCostConfig",
+        "time a verifier step by draft tree size",
+    ),
 }
 
 USAGE = "usage: tandem COMMAND [CONFIG.yaml] [--flag VALUE ...] [key=value ...]\ncommands:"

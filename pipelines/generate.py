@@ -9,63 +9,24 @@ python -m pipelines.generate configs/generate.yaml input=s3://bucket/prompts/ ou
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from actors.engine import Engine, EngineConfig, GenerationResult
-from actors.messages import SamplingParams
-from pipelines.batch.config import BatchConfig, StoreConfig
-
-if TYPE_CHECKING:
-    from pipelines.batch.job import Summary
+from pipelines.batch.config import BatchJobConfig
+from pipelines.batch.job import Summary
 
 
 @dataclass
-class GenerateConfig:
-    """Settings of ``tandem generate``.
+class GenerateConfig(BatchJobConfig):
+    """Settings of ``tandem generate``: one ``prompt`` in this process, or, with ``input`` and
+    ``output`` set, the batch job of :class:`~pipelines.batch.config.BatchJobConfig` (whose fields,
+    sampling defaults included, it shares).
 
     Attributes:
-        engine: the model, drafter and engine settings.
-        prompt: the user message (wrapped in the chat template when ``chat``).
-        chat: apply the model's chat template to ``prompt``.
-        max_new_tokens: generated tokens at most.
-        temperature: 0 for greedy; otherwise sampling temperature.
-        top_p: nucleus sampling mass.
-        top_k: keep the k most likely tokens (0 = all).
-        seed: sampling seed.
-        stop: strings that end generation.
-        input: a batch job's prompts: Parquet or JSONL, a file, a folder or a glob, local or
-            ``s3://``; when set, ``prompt`` is not used. Rows hold ``prompt`` or chat ``messages``,
-            optionally ``id`` and sampling columns (``max_new_tokens``, ``temperature``, ``top_p``,
-            ``top_k``, ``seed``, ``stop``) that override the values above.
-        output: a batch job's output folder (local or ``s3://``): one Parquet file per shard.
-        batch: the batch job's shards and engine actor pool.
-        s3: object-store endpoint and credentials (default: the standard AWS variables).
+        prompt: the user message (wrapped in the chat template when ``chat``); unused by a batch job.
     """
 
-    engine: EngineConfig = field(default_factory=EngineConfig)
     prompt: str = ""
-    chat: bool = True
-    max_new_tokens: int = 128
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    input: str = ""
-    output: str = ""
-    batch: BatchConfig = field(default_factory=BatchConfig)
-    s3: StoreConfig = field(default_factory=StoreConfig)
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(
-            max_new_tokens=self.max_new_tokens,
-            temperature=self.temperature,
-            top_p=self.top_p,
-            top_k=self.top_k,
-            stop=tuple(self.stop),
-            seed=self.seed,
-        )
 
 
 CLI_FLAGS = {

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 import ray
 
 from actors.drafters.factory import build_drafter
-from actors.drafters.spec import parse_drafter
 from actors.drafters.link import DrafterUnavailable
+from actors.drafters.spec import parse_drafter
 from actors.drafters.worker import DrafterWorker
 from actors.engine import Engine, EngineConfig, GenerationResult, RequestUpdate
 from actors.messages import DraftCall, DraftReply, SamplingParams
+from pipelines.common.storage import read_safetensors
 
 
 @dataclass
@@ -85,21 +86,6 @@ class DrafterServer(DrafterWorker):
         return ray.get_runtime_context().get_node_id()
 
 
-def read_safetensors(path: str) -> dict:
-    """A state dict from a ``.safetensors`` file or every such file in a folder."""
-    from pathlib import Path
-
-    from safetensors.torch import load_file
-
-    files = [Path(path)] if Path(path).is_file() else sorted(Path(path).glob("*.safetensors"))
-    if not files:
-        raise FileNotFoundError(f"no safetensors weights at {path}")
-    state: dict = {}
-    for file in files:
-        state |= load_file(file)
-    return state
-
-
 class RemoteDrafter:
     """A :class:`~actors.drafters.link.DrafterLink` over a Ray actor or Serve deployment handle.
 
@@ -151,6 +137,18 @@ class EngineServer:
 
     def encode_chat(self, messages: list[dict]) -> list[int]:
         return self.engine.encode_chat(messages)
+
+    def load_weights(self, state_dict: dict, version: int) -> None:
+        """Copy new verifier weights in place as ``version`` (:meth:`Engine.load_weights`: refused
+        while requests run, or for a key or shape that does not fit)."""
+        self.engine.load_weights(state_dict, version)
+
+    def policy_version(self) -> int:
+        return self.engine.policy_version
+
+    def score(self, prompts: list[list[int]], completions: list[list[int]], temperature: float = 1.0):
+        """Teacher-forced log-probs of ``completions`` under the current weights."""
+        return self.engine.score(prompts, completions, temperature)
 
     def counters(self) -> dict[str, int]:
         return dict(self.engine.counters)

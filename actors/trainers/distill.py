@@ -2,7 +2,7 @@
 
 :class:`Distiller` holds the student, its objective and optimizer; :func:`train` runs it from its
 current step to the end, reporting metrics and checkpoints through a callback. Neither needs Ray:
-:func:`train_loop_per_worker` (in ``actors/trainers/ray_loop.py``) is the Ray Train entry point that
+:func:`train_loop_per_worker` (in ``actors/trainers/train_worker.py``) is the Ray Train entry point that
 wires them to ``ray.train`` (DDP over gloo on CPU, NCCL on GPU).
 """
 

@@ -5,7 +5,7 @@ Responses come from the speculative engine (the verifier's own greedy or sampled
 lossless), or, for an ``lmbda`` fraction of the prompts, from the student itself (on-policy, as in
 GKD): the verifier then scores text the drafter actually produces. Either way one plain forward
 pass of the verifier over prompt + response gives the teacher signal. A plain class: Ray Data
-makes actors of it in ``pipelines/distill_data.py``.
+makes actors of it in ``pipelines/distill/data.py``.
 """
 
 from __future__ import annotations

@@ -1,8 +1,12 @@
-"""Settings of a batch generation job: the Ray Data actor pool, the input's shape, the object store."""
+"""Settings of a batch generation job: its sampling defaults, the Ray Data actor pool, the input's shape."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from actors.engine_config import EngineConfig
+from actors.messages import SamplingParams
+from pipelines.common.storage import StoreConfig
 
 FORMATS = ("auto", "parquet", "jsonl")
 
@@ -26,7 +30,9 @@ class BatchConfig:
         num_gpus: GPUs each engine actor reserves (0 on CPU).
         accelerator_type: Ray accelerator type each engine actor needs (e.g. ``A10G``); empty: any.
         resources: extra custom Ray resources per engine actor (e.g. ``{verifier_gpu: 1}``).
-        id_column: column holding the row's id; rows without one get ``FILE:ROW``.
+        id_column: column holding the row's id; the output's ``id`` column has its type
+            (integers stay integers: ``pipelines/batch/rows.py``). Rows without one get
+            ``FILE:ROW`` when ids are strings (or no file has the column), a null id when integers.
         prompt_column: column holding a plain prompt (wrapped in the chat template when ``chat``).
         messages_column: column holding chat messages (a list of ``{role, content}``); it wins over
             the prompt when a row has both.
@@ -61,31 +67,46 @@ class BatchConfig:
 
 
 @dataclass
-class StoreConfig:
-    """Object-store access for ``s3://`` paths. An empty field falls back to the standard AWS
-    environment variable named on it, then to the AWS SDK's own chain (config files, instance role).
+class BatchJobConfig:
+    """Settings of a batch generation job (``tandem generate`` with ``input=`` and ``output=``).
 
     Attributes:
-        endpoint_url: an S3-compatible endpoint, e.g. ``http://127.0.0.1:9000`` (MinIO, moto);
-            ``AWS_ENDPOINT_URL_S3``, then ``AWS_ENDPOINT_URL``.
-        region: ``AWS_REGION``, then ``AWS_DEFAULT_REGION``.
-        access_key_id: ``AWS_ACCESS_KEY_ID``.
-        secret_access_key: ``AWS_SECRET_ACCESS_KEY``.
-        session_token: ``AWS_SESSION_TOKEN``.
-        anonymous: unsigned requests (public buckets).
+        engine: the model, drafter and engine settings.
+        chat: wrap plain prompts in the model's chat template.
+        max_new_tokens: generated tokens at most.
+        temperature: 0 for greedy; otherwise sampling temperature.
+        top_p: nucleus sampling mass.
+        top_k: keep the k most likely tokens (0 = all).
+        seed: sampling seed.
+        stop: strings that end generation.
+        input: the prompts: Parquet or JSONL, a file, a folder or a glob, local or ``s3://``.
+            Rows hold ``prompt`` or chat ``messages``, optionally ``id`` and sampling columns
+            (``max_new_tokens``, ``temperature``, ``top_p``, ``top_k``, ``seed``, ``stop``) that
+            override the values above.
+        output: the output folder (local or ``s3://``): one Parquet file per shard.
+        batch: the shards and the engine actor pool.
+        s3: object-store endpoint and credentials (default: the standard AWS variables).
     """
 
-    endpoint_url: str = ""
-    region: str = ""
-    access_key_id: str = ""
-    secret_access_key: str = field(default="", repr=False)
-    session_token: str = field(default="", repr=False)
-    anonymous: bool = False
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    chat: bool = True
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    input: str = ""
+    output: str = ""
+    batch: BatchConfig = field(default_factory=BatchConfig)
+    s3: StoreConfig = field(default_factory=StoreConfig)
 
-    def __post_init__(self) -> None:
-        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
-            raise ValueError(
-                f"s3.endpoint_url must start with http:// or https://, got {self.endpoint_url!r}"
-            )
-        if bool(self.access_key_id) != bool(self.secret_access_key):
-            raise ValueError("s3.access_key_id and s3.secret_access_key go together")
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=self.max_new_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            stop=tuple(self.stop),
+            seed=self.seed,
+        )

@@ -11,20 +11,16 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from pipelines.batch.config import StoreConfig
+from pipelines.batch.config import BatchJobConfig
 from pipelines.batch.output import Output, ShardCollector
 from pipelines.batch.rows import Columns, requests_table
-from pipelines.batch.shards import Shard, plan, read_requests
-from pipelines.batch.store import list_files, resolve
+from pipelines.batch.shards import Shard, input_id_type, plan, read_requests
 from pipelines.batch.worker import EngineWorker
-
-if TYPE_CHECKING:
-    from pipelines.generate import GenerateConfig
+from pipelines.common.storage import StoreConfig, list_files, resolve
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +64,7 @@ class Summary:
         )
 
 
-def settings(cfg: GenerateConfig) -> dict:
+def settings(cfg: BatchJobConfig, columns: Columns) -> dict:
     """What an output's rows depend on; a resumed run must match it. The drafter is not in it:
     speculation is lossless, so any drafter gives the same rows."""
     engine, params = cfg.engine, cfg.sampling()
@@ -84,18 +80,20 @@ def settings(cfg: GenerateConfig) -> dict:
         "seed": params.seed,
         "stop": list(params.stop),
         "rows_per_shard": cfg.batch.rows_per_shard,
-        "columns": [cfg.batch.id_column, cfg.batch.prompt_column, cfg.batch.messages_column],
+        "columns": [columns.id, columns.prompt, columns.messages],
+        "id_type": columns.id_type,
     }
 
 
-def run(cfg: GenerateConfig) -> Summary:
+def run(cfg: BatchJobConfig) -> Summary:
     """Generate ``cfg.input`` into ``cfg.output``; print and return the summary."""
     start = time.perf_counter()
     cfg.sampling()  # bad defaults stop the job before anything starts
     out_fs, out_path = resolve(cfg.output, cfg.s3)
     shards = input_shards(cfg, out_path)
-    output = Output(out_fs, out_path)
-    output.pin(settings(cfg), shards)
+    columns = input_columns(cfg, shards)
+    output = Output(out_fs, out_path, columns.id_type)
+    output.pin(settings(cfg, columns), shards)
     done = output.done()
     pending = [shard for shard in shards if shard.name not in done]
     summary = Summary(shards=len(shards), skipped=len(shards) - len(pending))
@@ -103,7 +101,7 @@ def run(cfg: GenerateConfig) -> Summary:
     if pending:
         output.unmark_success()
         collector = ShardCollector(output, pending)
-        for batch in dataset(cfg, pending).iter_batches(batch_size=None, batch_format="pyarrow"):
+        for batch in dataset(cfg, pending, columns).iter_batches(batch_size=None, batch_format="pyarrow"):
             collector.add(batch)
             count(summary, batch)
         collector.finish()
@@ -115,7 +113,7 @@ def run(cfg: GenerateConfig) -> Summary:
     return summary
 
 
-def input_shards(cfg: GenerateConfig, out_path: str) -> list[Shard]:
+def input_shards(cfg: BatchJobConfig, out_path: str) -> list[Shard]:
     """The shards of ``cfg.input``, leaving out the files of an output folder nested inside it."""
     in_fs, in_path = resolve(cfg.input, cfg.s3)
     folder, files = list_files(in_fs, in_path)
@@ -125,13 +123,22 @@ def input_shards(cfg: GenerateConfig, out_path: str) -> list[Shard]:
     return plan(in_fs, folder, files, cfg.batch.format, cfg.batch.rows_per_shard)
 
 
+def input_columns(cfg: BatchJobConfig, shards: list[Shard]) -> Columns:
+    """The input's column names, and its id column's type read from the files of ``shards``
+    (the whole input, so that every run on it writes ids of one type)."""
+    fs, _ = resolve(cfg.input, cfg.s3)
+    batch = cfg.batch
+    id_type = input_id_type(fs, shards, batch.id_column)
+    return Columns(batch.id_column, batch.prompt_column, batch.messages_column, id_type)
+
+
 def count(summary: Summary, batch: pa.Table) -> None:
     summary.rows += batch.num_rows
     summary.errors += batch.num_rows - batch["error"].null_count
     summary.completion_tokens += pc.sum(batch["completion_tokens"]).as_py() or 0
 
 
-def dataset(cfg: GenerateConfig, pending: list[Shard]):
+def dataset(cfg: BatchJobConfig, pending: list[Shard], columns: Columns):
     """The Ray Data pipeline over ``pending``: one read task per shard, then the engine pool."""
     import ray
     import ray.data
@@ -141,7 +148,6 @@ def dataset(cfg: GenerateConfig, pending: list[Shard]):
         # attach to another local cluster by accident.
         ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
     batch = cfg.batch
-    columns = Columns(batch.id_column, batch.prompt_column, batch.messages_column)
     shards = ray.data.from_items([shard.to_dict() for shard in pending], override_num_blocks=len(pending))
     requests = shards.map_batches(
         read_shards,
@@ -175,4 +181,4 @@ def read_shards(items: pa.Table, source: str, store: StoreConfig, columns: Colum
     requests = []
     for item in items.to_pylist():
         requests.extend(read_requests(fs, Shard(**item), columns))
-    return requests_table(requests)
+    return requests_table(requests, columns.id_type)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 
 from pipelines.batch.rows import OUTPUT_SCHEMA
 from pipelines.batch.shards import Shard
-from pipelines.batch.store import list_names, read_bytes, write_atomic
+from pipelines.common.storage import list_names, read_bytes, write_atomic
 
 log = logging.getLogger(__name__)
 

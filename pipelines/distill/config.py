@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 
 from actors.engine import EngineConfig
 from actors.trainers.distill import TrainConfig
 from actors.trainers.students import StudentConfig
 from actors.trainers.teacher import TeacherConfig
-from pipelines.batch.config import StoreConfig
-
-STRATEGIES = ("ddp", "deepspeed")
+from pipelines.common.storage import StoreConfig
+from pipelines.common.training import WorkersConfig
 
 
 @dataclass
@@ -51,33 +49,6 @@ class DataConfig:
                 raise ValueError(f"data.{key} must be >= 1, got {getattr(self, key)}")
         if self.limit < 0 or self.eval_prompts < 0:
             raise ValueError("data.limit and data.eval_prompts must be >= 0")
-
-
-@dataclass
-class WorkersConfig:
-    """The Ray Train worker group.
-
-    Attributes:
-        num_workers: data-parallel training workers.
-        cpus_per_worker: CPUs each reserves (also its torch thread count unless ``train.threads``).
-        use_gpu: one GPU per worker (NCCL); otherwise CPU with gloo.
-        strategy: ``ddp`` (PyTorch DDP) or ``deepspeed`` (ZeRO-2: gradients and optimizer state
-            partitioned over the workers; on GPUs and CPUs). A run resumes with the strategy and
-            the number of workers that saved it.
-    """
-
-    num_workers: int = 1
-    cpus_per_worker: float = 1.0
-    use_gpu: bool = False
-    strategy: str = "ddp"
-
-    def __post_init__(self) -> None:
-        if self.num_workers < 1 or self.cpus_per_worker <= 0:
-            raise ValueError("workers.num_workers must be >= 1 and workers.cpus_per_worker > 0")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"workers.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.strategy == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-            raise ValueError("workers.strategy=deepspeed needs the deepspeed package (pip install deepspeed)")
 
 
 @dataclass
@@ -135,8 +106,8 @@ class DistillConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    storage_path: str = "runs"
-    name: str = "distill"
+    storage_path: str = "~/.cache/tandem/distill"
+    name: str = "smollm2"
     output: str = ""
     hot_swap: list[str] = field(default_factory=list)
     hot_swap_namespace: str = ""

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 from actors.engine import EngineConfig
 from actors.trainers.students import StudentConfig
 from actors.trainers.teacher import TeacherConfig, TeacherWorker
-from pipelines.batch.store import list_files, read_bytes, resolve, write_atomic
+from pipelines.common.storage import list_files, read_bytes, resolve, write_atomic
 from pipelines.distill.config import DistillConfig
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ def load_prompts(cfg: DistillConfig) -> list[dict]:
     """Prompt rows ``{id, prompt, split}``: the first ``data.eval_prompts`` are ``val``."""
     data = cfg.data
     if data.prompts == "humaneval":
-        from pipelines.bench import load_prompts as bundled
+        from pipelines.common.prompts import load_prompts as bundled
 
         texts = [(f"humaneval/{i}", text) for i, text in enumerate(bundled("humaneval", data.limit or 10**9))]
     else:

@@ -9,7 +9,7 @@ import pytest
 from actors.drafters.heads import MedusaHeads
 from pipelines.cli import main as cli
 from pipelines.config import load_config
-from pipelines.distill_heads import DistillHeadsConfig, main
+from pipelines.distill.heads import DistillHeadsConfig, main
 from tests.actors.drafters.test_heads import counting_rows, counting_verifier
 
 

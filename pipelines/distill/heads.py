@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,8 +21,7 @@ from pathlib import Path
 from actors.models import load_model
 from actors.trainers.data import read_rows
 from actors.trainers.heads import HeadsConfig, train_heads
-from pipelines.batch.config import StoreConfig
-from pipelines.batch.store import resolve
+from pipelines.common.storage import StoreConfig, resolve
 
 log = logging.getLogger(__name__)
 
@@ -73,3 +73,9 @@ def main(cfg: DistillHeadsConfig) -> list[dict]:
         Path(cfg.metrics_out).parent.mkdir(parents=True, exist_ok=True)
         Path(cfg.metrics_out).write_text(json.dumps(report, indent=1))
     return history
+
+
+if __name__ == "__main__":
+    from pipelines.cli import run
+
+    sys.exit(run("distill-heads", sys.argv[1:]))

@@ -1,4 +1,4 @@
-"""Render tree-attention benchmark results (from :mod:`kernels.bench`) into docs/.
+"""Render tree-attention benchmark results (from :mod:`pipelines.bench.kernel`) into docs/.
 
 Writes the table between ``<!-- kernel-bench:begin -->`` and ``<!-- kernel-bench:end -->`` in
 ``docs/benchmarks.md`` (the rest of that file belongs to other benchmarks and is kept) and a PNG
@@ -8,6 +8,8 @@ plot ``docs/kernel_tree_attention.png``.
 from __future__ import annotations
 
 import os
+
+from pipelines.common.report import figure, write_docs
 
 BEGIN, END = "<!-- kernel-bench:begin -->", "<!-- kernel-bench:end -->"
 PLOT = "kernel_tree_attention.png"
@@ -38,8 +40,7 @@ def section(result: dict) -> str:
     peak_tb = result["peak_bytes_per_s"] / 1e12
     peak_tf = result["peak_flops"] / 1e12
     code = f" Code: commit `{result['commit']}`." if result.get("commit") else ""
-    return f"""{BEGIN}
-## Tree attention kernel (`kernels/tree_attention_triton.py`)
+    return f"""### Tree attention kernel (`kernels/tree_attention_triton.py`)
 
 Measured on **{result["device"]}** (torch {result["torch"]}, triton {result["triton"]}), {shape["dtype"]},
 {shape["q_heads"]} query / {shape["kv_heads"]} KV heads, head dim {shape["head_dim"]}; every sequence
@@ -48,7 +49,7 @@ verifier's case).{code} Command:
 
 ```
 {result["command"]}
-python -m kernels.bench --render <that json>
+python -m pipelines.bench.kernel --render <that json>
 ```
 
 Times are medians of CUDA-graph replays with K/V rotated over copies larger than L2. Bytes count
@@ -61,8 +62,7 @@ reference does) and the same with K/V pre-expanded to every query head (expansio
 
 {_summary(result)}
 
-![tree attention: kernel vs SDPA]({PLOT})
-{END}"""
+![tree attention: kernel vs SDPA]({PLOT})"""
 
 
 def _summary(result: dict) -> str:
@@ -90,49 +90,25 @@ def _summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: str, text: str) -> None:
-    """Replace the text between the kernel-bench markers (append them if absent)."""
-    old = "# Benchmarks\n"
-    if os.path.exists(path):
-        with open(path) as f:
-            old = f.read()
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        new = head + text + tail
-    else:
-        new = old.rstrip("\n") + "\n\n" + text + "\n"
-    with open(path, "w") as f:
-        f.write(new)
-
-
 def plot(result: dict, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = result["rows"]
     labels = [f"{r['batch']}/{r['prefix']}/{r['tree']}" for r in rows]
     xs = range(len(rows))
-    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
-    ax1.bar(xs, [100 * r["hbm_frac"] for r in rows], label="% HBM peak")
-    ax1.plot(xs, [100 * r["flop_frac"] for r in rows], "o", color="C3", label="% bf16 TFLOP/s peak")
-    ax1.axhline(70, color="gray", linestyle="--", linewidth=1)
-    ax1.set_ylabel("% of peak")
-    ax1.legend(loc="upper left")
-    ax1.set_title(f"Tree attention kernel on {result['device']} (bf16, 32 q / 8 kv heads, d=128)")
-    ax2.bar(xs, [r.get("speedup") or 0 for r in rows], color="C2")
-    ax2.axhline(1, color="gray", linewidth=1)
-    ax2.set_ylabel("speedup vs SDPA dense mask")
-    ax2.set_xticks(list(xs), labels, rotation=70, fontsize=8)
-    ax2.set_xlabel("batch / prefix / tree")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with figure(path, 2, 1, size=(12, 7)) as (_, (ax1, ax2)):
+        ax1.bar(xs, [100 * r["hbm_frac"] for r in rows], label="% HBM peak")
+        ax1.plot(xs, [100 * r["flop_frac"] for r in rows], "o", color="C3", label="% bf16 TFLOP/s peak")
+        ax1.axhline(70, color="gray", linestyle="--", linewidth=1)
+        ax1.set_ylabel("% of peak")
+        ax1.legend(loc="upper left")
+        ax1.set_title(f"Tree attention kernel on {result['device']} (bf16, 32 q / 8 kv heads, d=128)")
+        ax2.bar(xs, [r.get("speedup") or 0 for r in rows], color="C2")
+        ax2.axhline(1, color="gray", linewidth=1)
+        ax2.set_ylabel("speedup vs SDPA dense mask")
+        ax2.set_xticks(list(xs), labels, rotation=70, fontsize=8)
+        ax2.set_xlabel("batch / prefix / tree")
 
 
 def render(result: dict, docs: str = "docs") -> None:
     os.makedirs(docs, exist_ok=True)
-    write_section(os.path.join(docs, "benchmarks.md"), section(result))
+    write_docs(os.path.join(docs, "benchmarks.md"), section(result), BEGIN, END)
     plot(result, os.path.join(docs, PLOT))

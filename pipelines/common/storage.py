@@ -1,4 +1,4 @@
-"""Where a batch job's files live: local paths or ``s3://`` URIs, through pyarrow's filesystems.
+"""Where jobs keep their files: local paths or ``s3://`` URIs, through pyarrow's filesystems.
 
 The S3 endpoint and credentials come from :class:`StoreConfig`, then from the standard AWS
 environment variables. Files are committed atomically: a reader never sees half an output file.
@@ -9,11 +9,43 @@ from __future__ import annotations
 import fnmatch
 import os
 import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
 
-from pipelines.batch.config import StoreConfig
+
+@dataclass
+class StoreConfig:
+    """Object-store access for ``s3://`` paths. An empty field falls back to the standard AWS
+    environment variable named on it, then to the AWS SDK's own chain (config files, instance role).
+
+    Attributes:
+        endpoint_url: an S3-compatible endpoint, e.g. ``http://127.0.0.1:9000`` (MinIO, moto);
+            ``AWS_ENDPOINT_URL_S3``, then ``AWS_ENDPOINT_URL``.
+        region: ``AWS_REGION``, then ``AWS_DEFAULT_REGION``.
+        access_key_id: ``AWS_ACCESS_KEY_ID``.
+        secret_access_key: ``AWS_SECRET_ACCESS_KEY``.
+        session_token: ``AWS_SESSION_TOKEN``.
+        anonymous: unsigned requests (public buckets).
+    """
+
+    endpoint_url: str = ""
+    region: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
+    anonymous: bool = False
+
+    def __post_init__(self) -> None:
+        if self.endpoint_url and not self.endpoint_url.startswith(("http://", "https://")):
+            raise ValueError(
+                f"s3.endpoint_url must start with http:// or https://, got {self.endpoint_url!r}"
+            )
+        if bool(self.access_key_id) != bool(self.secret_access_key):
+            raise ValueError("s3.access_key_id and s3.secret_access_key go together")
+
 
 OBJECT_STORES = ("s3", "gcs")  # an object appears only once its upload completes
 
@@ -117,3 +149,16 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
     finally:
         if fs.get_file_info(temporary).type == pafs.FileType.File:
             fs.delete_file(temporary)
+
+
+def read_safetensors(path: str) -> dict:
+    """A state dict from a local ``.safetensors`` file or every such file in a folder."""
+    from safetensors.torch import load_file
+
+    files = [Path(path)] if Path(path).is_file() else sorted(Path(path).glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights at {path}")
+    state: dict = {}
+    for file in files:
+        state |= load_file(file)
+    return state

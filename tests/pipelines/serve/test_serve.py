@@ -13,7 +13,7 @@ from ray import serve
 from actors.engine import Engine, EngineConfig
 from actors.messages import SamplingParams
 from pipelines.graph import Placement
-from pipelines.serve import Scaling, ServeConfig, build
+from pipelines.serve.app import Scaling, ServeConfig, build
 from tests.pipelines.conftest import free_port
 
 API_KEY = "sk-tandem-test"

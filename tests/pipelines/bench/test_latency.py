@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
-from types import SimpleNamespace
 
 import pytest
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
-from actors.engine import GenerationResult, GenerationStats
-from pipelines import bench, bench_report
-from pipelines.bench import BenchConfig
-from pipelines.bench_report import BEGIN, END
+from actors.engine import Engine, EngineConfig, GenerationResult
+from pipelines.bench import latency as bench
+from pipelines.bench.latency import BenchConfig
+from pipelines.common import prompts as prompt_sets
 from pipelines.config import ConfigError, load_config
-from tests.conftest import TINY_SHAPE
 
 # ---------------------------------------------------------------- prompts
 
@@ -28,19 +25,19 @@ def write_jsonl(path, rows):
 def test_prompt_and_turns_shapes_and_limit(tmp_path):
     rows = [{"prompt": "a"}, {"turns": ["b", "second turn"]}, {"prompt": "c"}]
     path = write_jsonl(tmp_path / "p.jsonl", rows)
-    assert bench.load_prompts(str(path), 10) == ["a", "b", "c"]
-    assert bench.load_prompts(str(path), 2) == ["a", "b"]
+    assert prompt_sets.load_prompts(str(path), 10) == ["a", "b", "c"]
+    assert prompt_sets.load_prompts(str(path), 2) == ["a", "b"]
 
 
 def test_gzipped_jsonl_and_blank_lines(tmp_path):
     path = tmp_path / "p.jsonl.gz"
     with gzip.open(path, "wt") as out:
         out.write('{"prompt": "x"}\n\n{"prompt": "y"}\n')
-    assert bench.load_prompts(str(path), 5) == ["x", "y"]
+    assert prompt_sets.load_prompts(str(path), 5) == ["x", "y"]
 
 
 def test_humaneval_is_the_default_set():
-    prompts = bench.load_prompts("humaneval", 3)
+    prompts = prompt_sets.load_prompts("humaneval", 3)
     assert len(prompts) == 3 and all(prompt.startswith(("\n", "from", "def", "import")) for prompt in prompts)
     assert "def has_close_elements" in prompts[0]
 
@@ -59,16 +56,16 @@ def test_bad_prompt_lines_name_the_line(tmp_path, line, message):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "ok"}\n' + line + "\n")
     with pytest.raises(ValueError, match=message) as error:
-        bench.load_prompts(str(path), 10)
+        prompt_sets.load_prompts(str(path), 10)
     assert "bad.jsonl:2" in str(error.value)
 
 
 def test_missing_and_empty_prompt_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.jsonl"):
-        bench.load_prompts(str(tmp_path / "nope.jsonl"), 1)
+        prompt_sets.load_prompts(str(tmp_path / "nope.jsonl"), 1)
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(ValueError, match="no prompts"):
-        bench.load_prompts(str(tmp_path / "empty.jsonl"), 1)
+        prompt_sets.load_prompts(str(tmp_path / "empty.jsonl"), 1)
 
 
 # ---------------------------------------------------------------- config
@@ -148,69 +145,43 @@ def test_trim_eos_only_drops_a_final_eos():
     assert bench.trim_eos([], eos={2}) == []
 
 
-def test_command_line_reproduces_the_invocation(monkeypatch):
-    monkeypatch.setattr("sys.argv", ["/usr/bin/tandem", "bench", "--limit", "3"])
-    assert bench_report.command_line() == "tandem bench --limit 3"
-    monkeypatch.setattr("sys.argv", ["/repo/pipelines/bench.py", "configs/bench.yaml", "limit=3"])
-    assert bench_report.command_line() == "python -m pipelines.bench configs/bench.yaml limit=3"
-
-
-# ---------------------------------------------------------------- docs
-
-
-def test_docs_section_replaces_only_its_own_block():
-    other = "<!-- kernel-bench:begin -->\nkernel table\n<!-- kernel-bench:end -->\n"
-    text = "# Benchmarks\n\nintro\n\n" + other
-    first = bench_report.upsert_section(text, "### key A\nold")
-    assert first.startswith("# Benchmarks\n\nintro\n\n" + other) and BEGIN in first and END in first
-    second = bench_report.upsert_section(first, "### key B\nb")
-    third = bench_report.upsert_section(second, "### key A\nnew")
-    assert other in third and "intro" in third
-    section = third.split(BEGIN)[1].split(END)[0]
-    assert "new" in section and "old" not in section and "### key B\nb" in section
-    assert section.index("key A") < section.index("key B")  # replaced in place
-    assert bench_report.upsert_section(third, "### key A\nnew") == third
-
-
-def test_docs_section_before_other_sections_leaves_them_alone():
-    text = f"# B\n\n{BEGIN}\n### k\nx\n{END}\n\n<!-- kernel-bench:begin -->\nK\n<!-- kernel-bench:end -->\n"
-    updated = bench_report.upsert_section(text, "### k\ny")
-    assert updated == text.replace("### k\nx", "### k\ny")
-
-
 # ---------------------------------------------------------------- end to end
 
+#: prompts in the tiny tokenizer's words (no chat template: encoded as they are); repeats give
+#: the ngram drafter something to propose, so the speculative path really runs
+TINY_PROMPTS = [{"prompt": "t1 t2 t3 t1 t2 t3 t4 t5"}, {"turns": ["t7 t8 t7 t8 t9", "second turn"]}]
 
-class TinyEngine:
-    """The Engine surface bench uses, over a tiny random Llama; ``generate`` is plain greedy HF."""
 
-    def __init__(self, corrupt: bool = False):
-        torch.manual_seed(0)
-        config = LlamaConfig(**TINY_SHAPE | dict(vocab_size=128), eos_token_id=2, pad_token_id=2)
-        self.model = LlamaForCausalLM(config).eval()
-        self.tokenizer = SimpleNamespace(eos_token_id=2, pad_token_id=2)
-        self.drafter_model = None
-        self.device = torch.device("cpu")
-        self.corrupt = corrupt
+@pytest.fixture
+def tiny_engine(tiny_lm):
+    """The real Tandem engine (ngram drafter) over the tiny random verifier: its output is the
+    engine's own speculative decoding, checked by the bench against HF ``generate``."""
+    config = EngineConfig(device="cpu", drafter="ngram", max_batch_size=1, max_model_len=256)
+    return Engine(config, tiny_lm)
 
-    def encode(self, text: str, chat: bool = True) -> list[int]:
-        return [1] + [3 + ord(char) % 120 for char in text[:60]]
+
+class OneTokenOff:
+    """An engine whose every output has one token changed: a lossy "tandem" the bench must catch."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
 
     def generate(self, prompts, params):
-        input_ids = torch.tensor(prompts)
-        with torch.no_grad():
-            output = self.model.generate(
-                input_ids, do_sample=False, max_new_tokens=params.max_new_tokens, pad_token_id=2
-            )
-        token_ids = output[0, input_ids.shape[1] :].tolist()
-        if self.corrupt:
-            token_ids[-1] = (token_ids[-1] + 1) % 128
-        stats = GenerationStats(new_tokens=len(token_ids), steps=max(1, len(token_ids) // 2))
-        return [GenerationResult("", token_ids, "length", stats)]
+        return [with_one_token_changed(result) for result in self.engine.generate(prompts, params)]
 
 
-def test_main_writes_json_docs_and_plot(tmp_path, capsys):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "def f(x):\n    return x"}, {"turns": ["hi"]}])
+def with_one_token_changed(result: GenerationResult) -> GenerationResult:
+    """``result`` with its first token replaced by another ordinary token (not EOS or pad)."""
+    token_ids = list(result.token_ids)
+    token_ids[0] = (token_ids[0] + 1) % 62
+    return dataclasses.replace(result, token_ids=token_ids)
+
+
+def test_main_writes_json_docs_and_plot(tmp_path, capsys, tiny_engine):
+    prompts = write_jsonl(tmp_path / "p.jsonl", TINY_PROMPTS)
     docs = tmp_path / "docs" / "benchmarks.md"
     cfg = load_config(
         BenchConfig,
@@ -223,11 +194,12 @@ def test_main_writes_json_docs_and_plot(tmp_path, capsys):
             "command=x y",
         ],
     )
-    report = bench.main(cfg, engine=TinyEngine())
+    report = bench.main(cfg, engine=tiny_engine)
     saved = json.loads((tmp_path / "r.json").read_text())
     assert saved["summary"] == report["summary"]
     assert [run["name"] for run in saved["runs"]] == ["hf_generate", "hf_prompt_lookup", "tandem"]
     assert saved["summary"]["greedy_mismatches"] == 0 and saved["summary"]["prompts"] == 2
+    assert all(run["new_tokens"] == 16 for run in saved["runs"])  # the tiny model never stops early
     assert saved["config"]["environment"]["transformers"] and saved["config"]["bench"]["limit"] == 20
     plots = list(docs.parent.glob("bench_*.png"))
     assert len(plots) == 1 and plots[0].read_bytes()[:4] == b"\x89PNG"
@@ -236,16 +208,16 @@ def test_main_writes_json_docs_and_plot(tmp_path, capsys):
     assert capsys.readouterr().out.count("prompt tokens |") == 2
 
 
-def test_main_counts_mismatches_and_skips_docs(tmp_path):
-    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "abc"}, {"prompt": "def"}])
+def test_main_counts_a_changed_token_as_a_mismatch_and_skips_docs(tmp_path, tiny_engine):
+    prompts = write_jsonl(tmp_path / "p.jsonl", TINY_PROMPTS)
     overrides = [f"prompts={prompts}", "max_new_tokens=4", f"out={tmp_path / 'r.json'}", "docs=", "plot="]
     cfg = load_config(BenchConfig, None, [*overrides, "assisted=false", "warmup=false"])
-    report = bench.main(cfg, engine=TinyEngine(corrupt=True))
+    report = bench.main(cfg, engine=OneTokenOff(tiny_engine))
     assert report["summary"]["greedy_mismatches"] == 2
+    tandem = next(run for run in report["runs"] if run["name"] == "tandem")
+    assert [detail["first_divergence"] for detail in tandem["per_prompt"]] == [0, 0]
     assert report["summary"]["speedup_vs_hf_assisted"] is None
-    assert [path.name for path in tmp_path.iterdir()] == ["p.jsonl", "r.json"] or {
-        path.name for path in tmp_path.iterdir()
-    } == {"p.jsonl", "r.json"}
+    assert {path.name for path in tmp_path.iterdir()} == {"p.jsonl", "r.json"}
 
 
 @pytest.mark.slow

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.bench import load_prompts
-from pipelines.bench_report import command_line, write_docs
+from pipelines.common.prompts import load_prompts
+from pipelines.common.report import command_line, figure, write_docs
 from pipelines.generate import GenerateConfig
 
 BEGIN, END = "<!-- batch-bench:begin -->", "<!-- batch-bench:end -->"
@@ -37,8 +37,9 @@ class BatchBenchConfig:
         prompts: ``humaneval`` or a JSONL file (see ``tandem bench``), cycled up to ``rows``.
         rows: prompts in the job.
         drafters: one job per drafter, in this order (``none`` = speculation off).
-        out: JSON results file.
-        docs: markdown file that gets the results table (null = none).
+        out: JSON results file; empty = none (the table is printed either way).
+        docs: markdown file that gets the results table (``docs/benchmarks.md`` for the
+            repository's record); empty = none.
         plot: PNG plot path (null = none).
     """
 
@@ -46,9 +47,9 @@ class BatchBenchConfig:
     prompts: str = "humaneval"
     rows: int = 200
     drafters: list[str] = field(default_factory=lambda: ["ngram", "none"])
-    out: str = "docs/batch_bench.json"
-    docs: str | None = "docs/benchmarks.md"
-    plot: str | None = "docs/batch_bench.png"
+    out: str = ""
+    docs: str | None = ""
+    plot: str | None = ""
 
     def __post_init__(self) -> None:
         if self.rows <= 0 or not self.drafters:
@@ -130,8 +131,9 @@ def main(cfg: BatchBenchConfig) -> dict:
         },
         "runs": runs,
     }
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
     if cfg.plot:
         write_plot(runs, Path(cfg.plot))
     if cfg.docs:
@@ -165,19 +167,10 @@ def docs_block(report: dict, cfg: BatchBenchConfig) -> str:
 
 
 def write_plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.bar([run["drafter"] for run in runs], [run["tokens_per_s"] for run in runs], color="tab:blue")
-    ax.set_ylabel("completion tokens/s (whole job)")
-    ax.set_xlabel("drafter (none = speculation off)")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, size=(5, 3), dpi=120) as (_, ax):
+        ax.bar([run["drafter"] for run in runs], [run["tokens_per_s"] for run in runs], color="tab:blue")
+        ax.set_ylabel("completion tokens/s (whole job)")
+        ax.set_xlabel("drafter (none = speculation off)")
 
 
 if __name__ == "__main__":

@@ -9,16 +9,13 @@ import json
 import os
 import platform
 import re
-import shlex
-import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 import transformers
 
-if TYPE_CHECKING:
-    from pipelines.bench import BenchConfig
+from pipelines.bench.latency_config import BenchConfig
+from pipelines.common.report import command_line, figure
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TANDEM = "tandem"
@@ -53,16 +50,6 @@ def machine_description(engine) -> str:
     return f"{cpu}, {os.cpu_count()} cores, {platform.system()}"
 
 
-def command_line() -> str:
-    """The command that reproduces this run, rebuilt from ``sys.argv``."""
-    program, args = Path(sys.argv[0]).name, sys.argv[1:]
-    if program == "tandem":
-        return shlex.join(["tandem", *args])
-    if program == "bench.py":
-        return shlex.join(["python", "-m", "pipelines.bench", *args])
-    return shlex.join(["python", *sys.argv])
-
-
 def table_rows(report: dict) -> list[tuple[str, float, float, int, float, int]]:
     """(system, tokens/s, × HF generate, new tokens, seconds, greedy mismatches) per run."""
     base = report["runs"][0]["tokens_per_s"] or float("nan")
@@ -85,30 +72,23 @@ def plot_path(cfg: BenchConfig, device: str) -> Path | None:
         return None
     if cfg.plot != "auto":
         return Path(cfg.plot)
+    if not (cfg.docs or cfg.out):
+        return None
     key = "_".join((device, cfg.engine.dtype, cfg.engine.drafter))
-    folder = Path(cfg.docs).parent if cfg.docs else Path(cfg.out).parent
+    folder = Path(cfg.docs or cfg.out).parent
     return folder / f"bench_{re.sub(r'[^A-Za-z0-9.-]+', '-', key)}.png"
 
 
 def write_plot(report: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     env, runs = report["config"]["environment"], report["runs"]
-    figure, axes = plt.subplots(figsize=(6, 3.5))
-    colors = ["#d62728" if run["name"] == TANDEM else "#7f7f7f" for run in runs]
-    bars = axes.bar([run["name"] for run in runs], [run["tokens_per_s"] for run in runs], color=colors)
-    axes.bar_label(bars, fmt="%.1f")
-    axes.set_ylabel("tokens / s (greedy, batch 1)")
-    axes.set_title(
-        f"{env['model']} · {env['dtype']} · {env['device']} · drafter {env['drafter']}", fontsize=9
-    )
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    with figure(path) as (_, axes):
+        colors = ["#d62728" if run["name"] == TANDEM else "#7f7f7f" for run in runs]
+        bars = axes.bar([run["name"] for run in runs], [run["tokens_per_s"] for run in runs], color=colors)
+        axes.bar_label(bars, fmt="%.1f")
+        axes.set_ylabel("tokens / s (greedy, batch 1)")
+        axes.set_title(
+            f"{env['model']} · {env['dtype']} · {env['device']} · drafter {env['drafter']}", fontsize=9
+        )
 
 
 def docs_block(report: dict, plot: Path | None, docs: Path) -> str:
@@ -148,28 +128,3 @@ def summary_sentence(summary: dict) -> str:
         f"{fmt(summary['mean_accepted_tokens'])} tokens per verifier step; "
         f"{summary['greedy_mismatches']} of {summary['prompts']} prompts differ from HF generate."
     )
-
-
-def upsert_section(text: str, block: str, begin: str = BEGIN, end: str = END) -> str:
-    """Put ``block`` in the section of ``text`` between ``begin`` and ``end``, replacing the
-    block with the same heading.
-
-    Only the text between the markers changes; the markers are appended when missing.
-    """
-    if begin not in text or end not in text:
-        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
-    head, rest = text.split(begin, 1)
-    section, tail = rest.split(end, 1)
-    blocks = [part.strip("\n") for part in re.split(r"(?m)^(?=### )", section) if part.strip()]
-    heading = block.splitlines()[0]
-    if any(part.splitlines()[0] == heading for part in blocks):
-        blocks = [block if part.splitlines()[0] == heading else part for part in blocks]
-    else:
-        blocks.append(block)
-    return f"{head}{begin}\n" + "\n\n".join(blocks) + f"\n{end}{tail}"
-
-
-def write_docs(path: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
-    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(upsert_section(text, block, begin, end), encoding="utf-8")

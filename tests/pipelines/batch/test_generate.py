@@ -19,15 +19,15 @@ from actors.engine import Engine, EngineConfig
 from actors.messages import SamplingParams
 from pipelines import cli
 from pipelines.batch import worker
-from pipelines.batch.config import StoreConfig
+from pipelines.common.storage import StoreConfig
 from pipelines.batch.job import input_shards
 from pipelines.batch.output import MANIFEST, SUCCESS, Output, ShardCollector
 from pipelines.batch.rows import RESULT_SCHEMA, Columns, parse_record
 from pipelines.batch.shards import Shard, plan, read_requests
-from pipelines.batch.store import list_files, resolve, s3_filesystem
+from pipelines.common.storage import list_files, resolve, s3_filesystem
 from pipelines.config import ConfigError, load_config
 from pipelines.generate import GenerateConfig, main
-from tests.pipelines.batch_fixtures import (
+from tests.pipelines.batch.fixtures import (
     BAD_ROWS,
     BUCKET,
     CREDENTIALS,

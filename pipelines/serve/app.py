@@ -1,4 +1,4 @@
-"""The OpenAI-compatible endpoint on Ray Serve: ingress → verifier replicas → drafter replicas.
+"""The Serve application: its config, the three deployments and the local ``tandem serve`` runner.
 
 tandem serve [configs/serve.yaml] [--port 8000] [key=value ...]     (local Ray, blocks)
 serve run cluster/serve.yaml  /  serve deploy cluster/serve.yaml    (a cluster; import path
@@ -23,7 +23,7 @@ from ray import serve
 from actors.engine import EngineConfig
 from actors.messages import SamplingParams
 from pipelines.graph import DrafterServer, EngineServer, Placement, remote_drafter_kind
-from pipelines.http_app import Ingress
+from pipelines.serve.http import Ingress
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class VerifierReplica(EngineServer):
 
     def __init__(self, config: EngineConfig, drafter, drafter_timeout_s: float, model_name: str):
         super().__init__(config, drafter, drafter_timeout_s)
-        from pipelines.metrics import ServingMetrics
+        from pipelines.serve.metrics import ServingMetrics
 
         self.metrics = ServingMetrics(model_name)
 
@@ -206,9 +206,3 @@ def ready_message(cfg: ServeConfig) -> str:
         f"[tandem] serving {name} (drafter {cfg.engine.drafter}) at {base}/v1 — Ctrl-C stops\n"
         f"[tandem] try: curl {base}/v1/chat/completions -H 'Content-Type: application/json' -d '{body}'"
     )
-
-
-if __name__ == "__main__":
-    from pipelines.cli import run
-
-    sys.exit(run("serve", sys.argv[1:]))

@@ -1,5 +1,6 @@
 """Helpers for the batch generation tests: a local S3 server (moto), a tiny chat model folder,
-the 50-prompt dataset with 3 bad rows, and a local Ray head started by ``cluster/local_head.sh``."""
+the 50-prompt dataset with 3 bad rows, an engine worker that waits to be killed, and a local Ray
+head started by ``cluster/local_head.sh``."""
 
 from __future__ import annotations
 
@@ -99,6 +100,37 @@ def read_output(s3, prefix: str) -> tuple[list[dict], dict[str, str]]:
             body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
             rows.extend(pq.read_table(io.BytesIO(body)).to_pylist())
     return rows, etags
+
+
+def worker_that_waits_to_be_killed(marker: Path, hold_s: float = 300.0) -> type:
+    """An :class:`~pipelines.batch.worker.EngineWorker` for Ray Data whose first batch (the first
+    of all its actors) writes the actor's pid to ``marker`` and holds that batch until the process
+    is killed (or ``hold_s`` passes): a test that kills the pid in ``marker`` kills an actor that
+    has provably started a batch and not finished it. Every other batch, the replacement actor's
+    included, runs at once (the marker exists).
+
+    The class is made in a function so that Ray pickles it by value, ``marker`` with it.
+    """
+    from pipelines.batch.worker import EngineWorker
+
+    class WaitsToBeKilled(EngineWorker):
+        def __call__(self, batch):
+            import os
+            import time
+
+            draft = f"{marker}.{os.getpid()}"
+            with open(draft, "w") as out:
+                out.write(str(os.getpid()))
+            try:
+                os.link(draft, marker)  # atomic: exactly one batch of the job claims the marker
+            except FileExistsError:
+                return super().__call__(batch)
+            finally:
+                os.unlink(draft)
+            time.sleep(hold_s)  # the test kills this process here, mid-batch
+            return super().__call__(batch)
+
+    return WaitsToBeKilled
 
 
 class LocalHead:

@@ -1,6 +1,6 @@
 """The kernel benchmark renderer writes only its own section of docs/benchmarks.md."""
 
-from kernels.bench_report import BEGIN, END, render
+from pipelines.bench.kernel_report import BEGIN, END, render
 
 
 def _result():
@@ -13,7 +13,7 @@ def _result():
         peak_flops=1e15,
         peak_bytes_per_s=3e12,
         shape=dict(q_heads=32, kv_heads=8, head_dim=128, dtype="bfloat16"),
-        command="python -m kernels.bench --json r.json",
+        command="python -m pipelines.bench.kernel --json r.json",
         rows=[row],
     )
 

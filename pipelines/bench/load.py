@@ -20,8 +20,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pipelines.bench import load_prompts
-from pipelines.bench_report import command_line, write_docs
+from pipelines.common.prompts import load_prompts
+from pipelines.common.report import command_line, figure, write_docs
 from pipelines.serve import ServeConfig
 
 BEGIN, END = "<!-- load-bench:begin -->", "<!-- load-bench:end -->"
@@ -38,8 +38,9 @@ class LoadBenchConfig:
         concurrency: numbers of concurrent streaming clients.
         max_tokens: ``max_tokens`` of every request (greedy).
         hf_baseline: also time HF ``generate`` on the same prompts, one after another.
-        out: JSON results file.
-        docs: markdown file that gets the results table (null = none).
+        out: JSON results file; empty = none (the table is printed either way).
+        docs: markdown file that gets the results table (``docs/benchmarks.md`` for the
+            repository's record); empty = none.
         plot: PNG plot path (null = none).
     """
 
@@ -49,9 +50,9 @@ class LoadBenchConfig:
     concurrency: list[int] = field(default_factory=lambda: [1, 4, 8])
     max_tokens: int = 128
     hf_baseline: bool = True
-    out: str = "docs/load_bench.json"
-    docs: str | None = "docs/benchmarks.md"
-    plot: str | None = "docs/load_bench.png"
+    out: str = ""
+    docs: str | None = ""
+    plot: str | None = ""
 
     def __post_init__(self) -> None:
         if self.requests <= 0 or self.max_tokens <= 0 or not self.concurrency or min(self.concurrency) <= 0:
@@ -121,7 +122,7 @@ def run_mode(cfg: LoadBenchConfig, drafter: str, prompts: list[str]) -> list[dic
     """Deploy the app with ``drafter``, warm it up, drive every load level."""
     from ray import serve
 
-    from pipelines.serve import build
+    from pipelines.serve.app import build
 
     app = dataclasses.replace(cfg.serve, engine=dataclasses.replace(cfg.serve.engine, drafter=drafter))
     serve.run(build(app), name="tandem", route_prefix="/")
@@ -191,8 +192,9 @@ def main(cfg: LoadBenchConfig) -> dict:
         },
         "runs": runs,
     }
-    Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
+    if cfg.out:
+        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
     if cfg.plot:
         write_plot(runs, Path(cfg.plot))
     if cfg.docs:
@@ -225,26 +227,17 @@ def docs_block(report: dict, cfg: LoadBenchConfig) -> str:
 
 
 def write_plot(runs: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for drafter in dict.fromkeys(r["drafter"] for r in runs if r["drafter"] != "hf_generate"):
-        points = [(r["concurrency"], r["tokens_per_s"]) for r in runs if r["drafter"] == drafter]
-        label = "speculation off" if drafter == "none" else f"speculation on ({drafter})"
-        ax.plot(*zip(*points), marker="o", label=label)
-    for run in runs:
-        if run["drafter"] == "hf_generate":
-            ax.axhline(run["tokens_per_s"], color="gray", linestyle="--", label="HF generate, sequential")
-    ax.set_xlabel("concurrent streaming clients")
-    ax.set_ylabel("aggregate output tokens/s")
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, dpi=120) as (_, ax):
+        for drafter in dict.fromkeys(r["drafter"] for r in runs if r["drafter"] != "hf_generate"):
+            points = [(r["concurrency"], r["tokens_per_s"]) for r in runs if r["drafter"] == drafter]
+            label = "speculation off" if drafter == "none" else f"speculation on ({drafter})"
+            ax.plot(*zip(*points), marker="o", label=label)
+        for run in runs:
+            if run["drafter"] == "hf_generate":
+                ax.axhline(run["tokens_per_s"], color="gray", linestyle="--", label="HF generate, sequential")
+        ax.set_xlabel("concurrent streaming clients")
+        ax.set_ylabel("aggregate output tokens/s")
+        ax.legend()
 
 
 if __name__ == "__main__":

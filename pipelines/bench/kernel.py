@@ -2,12 +2,12 @@
 
 Measure on a CUDA device (writes JSON)::
 
-    python -m kernels.bench --json results/kernel_bench.json
+    python -m pipelines.bench.kernel --json results/kernel_bench.json
 
 Render a measured JSON into ``docs/benchmarks.md`` (between the kernel-bench markers) and
 ``docs/kernel_tree_attention.png``::
 
-    python -m kernels.bench --render results/kernel_bench.json
+    python -m pipelines.bench.kernel --render results/kernel_bench.json
 
 Timing: each function is captured in a CUDA graph (no host overhead), rotating over enough
 copies of K/V that they do not fit in L2, and the median of the graph replays is reported.
@@ -225,7 +225,7 @@ def measure(args) -> dict:
         peak_flops=peaks[0],
         peak_bytes_per_s=peaks[1],
         shape=dict(q_heads=Q_HEADS, kv_heads=KV_HEADS, head_dim=HEAD_DIM, dtype="bfloat16"),
-        command="python -m kernels.bench " + " ".join(sys.argv[1:]),
+        command="python -m pipelines.bench.kernel " + " ".join(sys.argv[1:]),
         rows=[],
     )
     for batch in args.batches:
@@ -254,18 +254,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--docs", default="docs", help="docs folder for --render")
     args = parser.parse_args(argv)
     if args.render:
-        from kernels.bench_report import render
+        from pipelines.bench.kernel_report import render
 
         with open(args.render) as f:
             render(json.load(f), args.docs)
         return
     if not torch.cuda.is_available():
-        raise SystemExit("kernels.bench measures on a CUDA device; none is visible here")
+        raise SystemExit("pipelines.bench.kernel measures on a CUDA device; none is visible here")
     result = measure(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
-    from kernels.bench_report import table
+    from pipelines.bench.kernel_report import table
 
     print(table(result))
 

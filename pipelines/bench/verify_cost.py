@@ -1,7 +1,7 @@
 """Measure what a verifier step costs as its draft tree grows, per dtype — the room speculation
 lives in — next to Hugging Face ``generate``'s time per token on the same weights.
 
-    python -m pipelines.verify_cost [configs/verify_cost.yaml] dtypes=[float32,bfloat16]
+    python -m pipelines.bench.verify_cost [configs/verify_cost.yaml] dtypes=[float32,bfloat16]
 """
 
 from __future__ import annotations

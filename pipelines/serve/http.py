@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from ray import serve
 
-from pipelines import openai_api as oa
+import pipelines.serve.openai_api as oa
 
 log = logging.getLogger(__name__)
 

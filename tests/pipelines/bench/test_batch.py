@@ -3,9 +3,9 @@ the texts agree (greedy speculation is lossless), and the figures reach JSON and
 
 import json
 
-from pipelines.batch_bench import BEGIN, END, BatchBenchConfig, main
+from pipelines.bench.batch import BEGIN, END, BatchBenchConfig, main
 from pipelines.config import load_config
-from tests.pipelines.batch_fixtures import save_tiny_chat_model
+from tests.pipelines.batch.fixtures import save_tiny_chat_model
 
 
 def test_batch_bench_compares_drafters_on_the_same_rows(tmp_path, make_tiny, tiny_tokenizer):

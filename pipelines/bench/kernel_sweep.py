@@ -1,8 +1,8 @@
 """Batch-1 split-path sweep (H100 only): splits × BLOCK_N × warps × stages, and the combine's share.
 
-    python -m kernels.sweep_splits      # writes $OUT/sweep.json (or /tmp), prints each config
+    python -m pipelines.bench.kernel_sweep      # writes $OUT/sweep.json (or /tmp), prints each config
 
-Times are medians of CUDA-graph replays as in :mod:`kernels.bench`; "nocomb" rows skip the combine
+Times are medians of CUDA-graph replays as in :mod:`pipelines.bench.kernel`; "nocomb" rows skip the combine
 launch (partial outputs only) to isolate its cost. Results are summarised in
 :func:`kernels.tree_attention_triton.pick_splits`.
 """
@@ -16,7 +16,7 @@ import time
 import torch
 
 from kernels import tree_attention_triton as tat
-from kernels.bench import HEAD_DIM, KV_HEADS, L2_ROTATE_BYTES, make_inputs, time_graph
+from pipelines.bench.kernel import HEAD_DIM, KV_HEADS, L2_ROTATE_BYTES, make_inputs, time_graph
 
 real_combine = tat._combine_splits
 

@@ -1,0 +1,78 @@
+"""What every job and benchmark writes beside its numbers: the command that reproduces it, PNG
+figures (one writer for all of them) and its block in a markdown file such as
+``docs/benchmarks.md`` (one upsert for all of them)."""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shlex
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that reproduces this run, rebuilt from ``sys.argv``: ``tandem NAME ...`` for
+    the console script, ``python -m MODULE ...`` for a module run as a script."""
+    argv = sys.argv if argv is None else argv
+    program, args = Path(argv[0]), argv[1:]
+    if program.name == "tandem":
+        return shlex.join(["tandem", *args])
+    parts = program.with_suffix("").parts
+    if "pipelines" in parts:
+        module = parts[parts.index("pipelines") :]
+        module = module[:-1] if module[-1] == "__main__" else module
+        return shlex.join(["python", "-m", ".".join(module), *args])
+    return shlex.join(["python", *argv])
+
+
+@contextlib.contextmanager
+def figure(
+    path: str | Path, rows: int = 1, cols: int = 1, size: tuple[float, float] = (6, 3.5), dpi: int = 110
+) -> Iterator:
+    """Draw into a fresh matplotlib figure (headless) and save it as ``path`` on exit.
+
+    Yields ``(figure, axes)``; ``axes`` is one Axes for a 1×1 grid, else matplotlib's array.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(rows, cols, figsize=size)
+    try:
+        yield fig, axes
+        fig.tight_layout()
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=dpi)
+    finally:
+        plt.close(fig)
+
+
+def upsert_section(text: str, block: str, begin: str, end: str) -> str:
+    """Put ``block`` in the section of ``text`` between ``begin`` and ``end``, replacing the
+    block with the same first line (its ``###`` heading), else appending it.
+
+    Only the text between the markers changes; the markers are appended when missing.
+    """
+    if begin not in text or end not in text:
+        text = text.rstrip("\n") + f"\n\n{begin}\n{end}\n"
+    head, rest = text.split(begin, 1)
+    section, tail = rest.split(end, 1)
+    # a managed section holds only ``###`` blocks: text before the first heading is stale
+    blocks = [part.strip("\n") for part in re.split(r"(?m)^(?=### )", section) if part.startswith("### ")]
+    heading = block.splitlines()[0]
+    if any(part.splitlines()[0] == heading for part in blocks):
+        blocks = [block if part.splitlines()[0] == heading else part for part in blocks]
+    else:
+        blocks.append(block)
+    return f"{head}{begin}\n" + "\n\n".join(blocks) + f"\n{end}{tail}"
+
+
+def write_docs(path: str | Path, block: str, begin: str, end: str) -> None:
+    """:func:`upsert_section` on the file at ``path`` (created with a title when missing)."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(upsert_section(text, block, begin, end), encoding="utf-8")
