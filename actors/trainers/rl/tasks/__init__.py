@@ -8,7 +8,7 @@ alone. The answer-tag rules shared by all tasks are in :mod:`actors.trainers.rl.
 from __future__ import annotations
 
 # importing the task modules registers them
-from actors.trainers.rl.tasks import arithmetic, countdown, knights  # noqa: F401
+from actors.trainers.rl.tasks import arithmetic, countdown, knights, token_share  # noqa: F401
 from actors.trainers.rl.tasks.base import TASKS, Problem, Score, Task, build_task, last_answer, register_task
 
 __all__ = ["TASKS", "Problem", "Score", "Task", "build_task", "last_answer", "register_task"]

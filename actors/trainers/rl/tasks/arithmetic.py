@@ -107,6 +107,10 @@ class ArithmeticTask:
         data = {"expression": expression, "terms": terms, "ops": ops}
         return Problem(task=self.name, index=index, prompt=prompt, answer=str(truth), data=data)
 
+    def demonstration(self, problem: Problem) -> str:
+        """A worked answer, for few-shot examples: the expression with its value, then the tag."""
+        return f"{problem.data['expression']} = {problem.answer}\n<answer>{problem.answer}</answer>"
+
     def score(self, problem: Problem, completion: str) -> Score:
         truth = int(problem.answer)
         answer = last_answer(completion)

@@ -1,0 +1,268 @@
+"""The RL controller loop, run inside every Ray Train worker for the whole run.
+
+A ``TorchTrainer`` gives the driver no handle on its workers, so the loop lives here: rank 0
+rolls out through the engine actors, shapes the rewards and broadcasts the step's samples; every
+worker trains on its share; rank 0 syncs the new weights into the engines (version = step) and
+Ray Train persists the checkpoint. Problems and sampling seeds are pure functions of (seed,
+step, index), so a resumed run replays nothing and skips nothing; after a resume the restored
+weights are synced before the first rollout.
+"""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from actors.messages import SamplingParams
+from actors.models import load_model
+from actors.trainers.rl.batch import micro_batches
+from actors.trainers.rl.config import (
+    AlgorithmConfig,
+    OptimConfig,
+    RewardConfig,
+    RolloutConfig,
+    TaskConfig,
+)
+from actors.trainers.rl.length import AccuracyGate
+from actors.trainers.rl.metrics import reduce_update, rollout_metrics
+from actors.trainers.rl.policy import PolicyTrainer, StepTotals
+from actors.trainers.rl.rollout import Prompter, Sample, collect, sample_seed
+from actors.trainers.rl.shaping import advantages, apply_length_reward, informative
+from actors.trainers.rl.tasks import build_task
+
+
+@dataclass
+class LoopConfig:
+    """What the loop needs (``pipelines/rl`` builds it from ``RLConfig``).
+
+    Attributes:
+        model: the policy's model spec (the engines' ``engine.model``).
+        engines: the engine actors' names; namespace: their Ray namespace.
+        task, rollout, algorithm, reward, optim: the loop's parts.
+        steps: policy updates of the whole run; seed: the run's seed.
+        checkpoint_every: checkpoint every this many steps (and at the last).
+        sync_timeout_s: a weight sync slower than this raises.
+        strategy: ``ddp`` or ``deepspeed``.
+        threads: torch threads per worker (0 = torch's default).
+        expanded: the settings that shape the trajectory (recorded; a resume with others is refused).
+    """
+
+    model: str
+    engines: list[str]
+    namespace: str | None = None
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    steps: int = 10
+    seed: int = 0
+    checkpoint_every: int = 5
+    sync_timeout_s: float = 300.0
+    strategy: str = "ddp"
+    threads: int = 0
+    expanded: dict = field(default_factory=dict)
+
+
+def train_loop_per_worker(config: dict) -> None:
+    """The Ray Train entry point: ``config["loop"]`` is a :class:`LoopConfig`."""
+    import ray.train
+    import torch.distributed as dist
+    from ray.train.torch import get_device
+
+    from actors.trainers.rl.engines import EnginePool
+
+    cfg: LoopConfig = config["loop"]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.manual_seed(cfg.seed)
+    run = RLRun(cfg, rank, world, get_device())
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            run.restore(Path(folder))
+    engines = None
+    if rank == 0:
+        engines = EnginePool(cfg.engines, cfg.namespace, cfg.rollout.timeout_s, cfg.sync_timeout_s)
+    scratch = Path(tempfile.mkdtemp(prefix="rl-"))
+    try:
+        if rank == 0:  # the engines start from the trainer's weights (restored ones after a resume)
+            engines.load_weights(run.trainer.sync_state(), run.step)
+        for _ in range(run.step, cfg.steps):
+            metrics = run.step_once(engines, dist if world > 1 else None)
+            report(run, metrics, scratch)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def report(run: RLRun, metrics: dict, scratch: Path) -> None:
+    """Report the step's metrics to Ray Train, with a checkpoint every ``checkpoint_every`` steps."""
+    import ray.train
+    from ray.train import Checkpoint
+
+    cfg = run.cfg
+    if run.step % cfg.checkpoint_every and run.step != cfg.steps:
+        ray.train.report(metrics)
+        return
+    folder = run.save(scratch / f"step_{run.step}")
+    name = f"checkpoint_{run.step:06d}"
+    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name)
+    shutil.rmtree(folder, ignore_errors=True)  # persisted by now
+
+
+class RLRun:
+    """One worker's side of the run: the policy trainer, the step counter, the history.
+
+    Args:
+        cfg: the loop's settings.
+        rank, world: this worker and the worker count.
+        device: where the policy trains.
+    """
+
+    def __init__(self, cfg: LoopConfig, rank: int, world: int, device: torch.device):
+        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        rollout = cfg.rollout
+        batch = rollout.problems_per_step * rollout.n
+        if batch % world:
+            raise ValueError(f"rollout.problems_per_step × rollout.n = {batch} must split over {world} ranks")
+        mini = cfg.optim.ppo_mini_batch_size or batch
+        if batch % mini or mini % world:
+            raise ValueError(f"optim.ppo_mini_batch_size={mini} must divide {batch} and split over {world}")
+        self.mini_batches = batch // mini
+        loaded = load_model(cfg.model, "float32")
+        self.tokenizer = loaded.tokenizer
+        policy = loaded.model.to(device)
+        reference = copy.deepcopy(policy) if cfg.algorithm.use_kl_loss else None
+        micro_steps = -(-(mini // world) // cfg.optim.micro_batch_size)
+        wrap = None
+        if world > 1 and cfg.strategy == "ddp":
+            from ray.train.torch import prepare_model as wrap
+        self.trainer = PolicyTrainer(
+            policy,
+            cfg.optim,
+            cfg.algorithm,
+            rollout.temperature,
+            world=world,
+            strategy=cfg.strategy,
+            reference=reference,
+            micro_steps=micro_steps,
+            wrap=wrap,
+        )
+        self.task = build_task(cfg.task.name, **cfg.task.knobs)
+        self.prompter = Prompter(self.tokenizer, self.task, cfg.task.few_shot, cfg.task.response_prefix)
+        self.gate = AccuracyGate(cfg.reward.acc_tolerance)
+        self.step, self.history = 0, []
+
+    # -- one step -------------------------------------------------------------------------
+
+    def step_once(self, engines, dist) -> dict:
+        """Rollout (rank 0) → broadcast → update on every worker → sync (rank 0)."""
+        began = time.perf_counter()
+        payload = [self.rollout(engines) if self.rank == 0 else None]
+        if dist is not None:
+            dist.broadcast_object_list(payload, src=0)
+        samples, scores, metrics = payload[0]
+        metrics["timing/train_s"] = -time.perf_counter()
+        metrics |= self.update(samples, scores, dist)
+        metrics["timing/train_s"] += time.perf_counter()
+        self.step += 1
+        if self.rank == 0:
+            metrics["timing/sync_s"] = engines.load_weights(self.trainer.sync_state(), self.step)
+        if dist is not None:
+            dist.barrier()
+        metrics |= {"step": self.step, "policy_version": self.step}
+        metrics["timing/step_s"] = time.perf_counter() - began
+        self.history.append(metrics)
+        return metrics
+
+    def rollout(self, engines) -> tuple[list[Sample], list[float], dict]:
+        """This step's groups (with DAPO's filter: more rounds until enough informative ones),
+        their rewards and advantages, flattened, and the rollout metrics."""
+        cfg, rollout = self.cfg, self.cfg.rollout
+        params = SamplingParams(
+            max_new_tokens=rollout.max_new_tokens,
+            temperature=rollout.temperature,
+            logprobs=True,
+            require_full_length=True,
+        )
+        keep, dropped, seconds, rounds = [], [], 0.0, 0
+        filtering = cfg.algorithm.filter_groups
+        while len(keep) < rollout.problems_per_step:
+            began = time.perf_counter()
+            groups = self.groups(engines, params, rounds)
+            seconds += time.perf_counter() - began
+            rounds += 1
+            for group in groups:
+                ok = not filtering.enable or informative(group, filtering.metric)
+                (keep if ok else dropped).append(group)
+            if not filtering.enable or rounds >= filtering.max_num_gen_batches:
+                break
+        groups = (keep + dropped)[: rollout.problems_per_step]  # short of informative ones: fill
+        began = time.perf_counter()
+        metrics = rollout_metrics(groups, seconds, rounds, len(dropped), self.step)
+        metrics |= apply_length_reward(groups, cfg.reward, self.gate, rollout.max_new_tokens)
+        scores = advantages(groups, cfg.algorithm)
+        metrics["reward/mean"] = sum(s.reward for g in groups for s in g) / sum(len(g) for g in groups)
+        metrics["timing/reward_s"] = time.perf_counter() - began
+        samples = [s for g in groups for s in g]
+        return samples, scores.flatten().tolist(), metrics
+
+    def groups(self, engines, params: SamplingParams, round_: int) -> list[list[Sample]]:
+        """One round of problems (indices unique per step and round) and their samples."""
+        cfg, count = self.cfg, self.cfg.rollout.problems_per_step
+        first = (self.step * cfg.algorithm.filter_groups.max_num_gen_batches + round_) * count
+        problems = [self.task.problem(cfg.seed, first + i) for i in range(count)]
+        prefix = cfg.task.response_prefix
+        prompts = [self.prompter(p) for p in problems]
+
+        def seeds(index: int, k: int) -> int:
+            return sample_seed(cfg.seed, self.step, index, k, cfg.rollout.seed_mode)
+
+        groups = collect(engines.generate, self.task, problems, prompts, cfg.rollout.n, params, seeds, prefix)
+        stale = {s.policy_version for g in groups for s in g} - {self.step}
+        if stale:
+            raise RuntimeError(f"step {self.step}: rollouts came from policy version(s) {sorted(stale)}")
+        return groups
+
+    def update(self, samples: list[Sample], scores: list[float], dist) -> dict:
+        """This worker's share of every mini-batch, for ``ppo_epochs`` passes; the step's metrics."""
+        optim = self.cfg.optim
+        size = len(samples) // self.mini_batches
+        sums: list[dict] = []
+        for _ in range(optim.ppo_epochs):
+            for start in range(0, len(samples), size):
+                mini = samples[start : start + size]
+                totals = StepTotals(  # the mini-batch over every worker: one optimizer step
+                    tokens=sum(len(s.token_ids) for s in mini),
+                    seqs=len(mini),
+                    max_tokens=self.cfg.rollout.max_new_tokens,
+                )
+                mine = list(range(start, start + size))[self.rank :: self.world]
+                local = [samples[i] for i in mine], [scores[i] for i in mine]
+                batches = micro_batches(*local, optim.micro_batch_size)
+                sums.append(self.trainer.update(batches, totals, self.device))
+        return reduce_update(sums, dist)
+
+    # -- checkpoints ----------------------------------------------------------------------
+
+    def save(self, folder: Path) -> Path:
+        state = {"step": self.step, "history": self.history, "gate": self.gate.state_dict()}
+        return self.trainer.save(folder, state | {"config": self.cfg.expanded}, self.rank)
+
+    def restore(self, folder: Path) -> None:
+        state = self.trainer.restore(folder)
+        if state.get("config") != self.cfg.expanded:
+            raise ValueError(
+                f"the checkpoint in {folder} was written with other settings: resume with the same "
+                "config, or start a new run (another name)"
+            )
+        self.step, self.history = int(state["step"]), list(state["history"])
+        self.gate.load_state_dict(state["gate"])
