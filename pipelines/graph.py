@@ -34,12 +34,16 @@ class Placement:
         num_gpus: GPUs reserved (fractions share one).
         accelerator_type: a Ray accelerator type such as ``H100`` or ``L4``; None = any.
         resources: custom resources the node must offer, e.g. ``{drafter_node: 1}``.
+        threads: torch threads in the actor (0 = as many as ``num_cpus``, Ray's default). On a
+            small machine where jobs alternate (RL: rollout, then update), more threads than
+            the reservation let each phase use every core.
     """
 
     num_cpus: float = 1.0
     num_gpus: float = 0.0
     accelerator_type: str | None = None
     resources: dict[str, float] = field(default_factory=dict)
+    threads: int = 0
 
     def ray_options(self) -> dict:
         """Options for ``ray.remote(...).options`` and Serve's ``ray_actor_options``."""
@@ -120,9 +124,14 @@ class EngineServer:
         drafter: a handle to the drafter actor or deployment; None builds ``config.drafter``
             in this actor (``early-exit``, ``none``).
         drafter_timeout_s: see :class:`RemoteDrafter`.
+        threads: torch threads here (0 = Ray's default: as many as the reserved CPUs).
     """
 
-    def __init__(self, config: EngineConfig, drafter=None, drafter_timeout_s: float = 10.0):
+    def __init__(self, config: EngineConfig, drafter=None, drafter_timeout_s: float = 10.0, threads: int = 0):
+        if threads:
+            import torch
+
+            torch.set_num_threads(threads)
         link = RemoteDrafter(drafter, drafter_timeout_s) if drafter is not None else None
         self.engine = Engine(config, drafter=link)
 
@@ -198,6 +207,6 @@ def start_graph(cfg: GraphConfig) -> Graph:
     engine = (
         ray.remote(EngineServer)
         .options(name=f"{cfg.name}-verifier", max_concurrency=1000, **cfg.verifier.ray_options())
-        .remote(cfg.engine, drafter, cfg.drafter_timeout_s)
+        .remote(cfg.engine, drafter, cfg.drafter_timeout_s, cfg.verifier.threads)
     )
     return Graph(engine, drafter)

@@ -98,6 +98,7 @@ def held_out(cfg: RLConfig, engines: EnginePool):
     tokens = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
 
     def run() -> dict:
+        log.info("[tandem rl] evaluating %d held-out problems (greedy)", cfg.eval.problems)
         return evaluate(engines, task, prompter, cfg.eval.seed, cfg.eval.problems, tokens)
 
     return run

@@ -21,14 +21,8 @@ import torch
 
 from actors.messages import SamplingParams
 from actors.models import load_model
+from actors.trainers.rl import config as parts
 from actors.trainers.rl.batch import micro_batches
-from actors.trainers.rl.config import (
-    AlgorithmConfig,
-    OptimConfig,
-    RewardConfig,
-    RolloutConfig,
-    TaskConfig,
-)
 from actors.trainers.rl.length import AccuracyGate
 from actors.trainers.rl.metrics import reduce_update, rollout_metrics
 from actors.trainers.rl.policy import PolicyTrainer, StepTotals
@@ -56,11 +50,11 @@ class LoopConfig:
     model: str
     engines: list[str]
     namespace: str | None = None
-    task: TaskConfig = field(default_factory=TaskConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
+    task: parts.TaskConfig = field(default_factory=parts.TaskConfig)
+    rollout: parts.RolloutConfig = field(default_factory=parts.RolloutConfig)
+    algorithm: parts.AlgorithmConfig = field(default_factory=parts.AlgorithmConfig)
+    reward: parts.RewardConfig = field(default_factory=parts.RewardConfig)
+    optim: parts.OptimConfig = field(default_factory=parts.OptimConfig)
     steps: int = 10
     seed: int = 0
     checkpoint_every: int = 5
@@ -109,6 +103,8 @@ def report(run: RLRun, metrics: dict, scratch: Path) -> None:
     from ray.train import Checkpoint
 
     cfg = run.cfg
+    if run.rank == 0:
+        print(progress_line(metrics, cfg.steps), flush=True)
     if run.step % cfg.checkpoint_every and run.step != cfg.steps:
         ray.train.report(metrics)
         return
@@ -116,6 +112,16 @@ def report(run: RLRun, metrics: dict, scratch: Path) -> None:
     name = f"checkpoint_{run.step:06d}"
     ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name)
     shutil.rmtree(folder, ignore_errors=True)  # persisted by now
+
+
+def progress_line(m: dict, steps: int) -> str:
+    """One console line per step."""
+    return (
+        f"[tandem rl] step {m['step']}/{steps}: reward {m['reward/mean']:.3f}, strict accuracy "
+        f"{m['accuracy/strict']:.2f}, length {m['completions/mean_length']:.1f}, entropy {m['entropy']:.3f}, "
+        f"logprob diff {m['rollout_train_logprob_diff/max']:.1e}, rollout {m['rollout/tok_per_s']:.0f} tok/s "
+        f"({m['spec/tokens_per_step']:.2f} tokens/step), step {m['timing/step_s']:.0f}s"
+    )
 
 
 class RLRun:

@@ -11,7 +11,7 @@ import yaml
 from pipelines.config import ConfigError, load_config
 from pipelines.serve import ServeConfig
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def test_serve_config_file_points_at_a_buildable_app():
