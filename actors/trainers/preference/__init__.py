@@ -1,0 +1,1 @@
+"""The pure core of preference optimisation (DPO, IPO, SimPO, variants): losses on per-sequence log-probs."""
