@@ -59,7 +59,7 @@ def test_presets_expand_under_what_is_given_and_bad_keys_are_named():
 @pytest.mark.parametrize("path", ["configs/rl_grpo_arith.yaml", "configs/rl_short_rl.yaml"])
 def test_the_demo_configs_load(path):
     cfg = load_config(RLConfig, path)
-    assert cfg.task.name == "arithmetic" and cfg.eval.problems == 200
+    assert cfg.task.name == "arithmetic" and cfg.eval.problems == 200 and cfg.task.few_shot == 2
 
 
 @pytest.fixture(scope="module")
