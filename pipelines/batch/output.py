@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipelines.batch.rows import OUTPUT_SCHEMA
+from pipelines.batch.rows import output_schema
 from pipelines.batch.shards import Shard
 from pipelines.common.storage import list_names, read_bytes, write_atomic
 
@@ -24,13 +24,16 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "_tandem_manifest.json"
 SUCCESS = "_SUCCESS"
+#: settings a manifest gained later, with the value the outputs written before them have
+EARLIER_SETTINGS = {"id_type": "string"}
 
 
 class Output:
-    """An output folder (local or in an object store)."""
+    """An output folder (local or in an object store) whose files hold ids of ``id_type`` (the
+    input's: ``rows.ID_TYPES``)."""
 
-    def __init__(self, fs: pafs.FileSystem, folder: str):
-        self.fs, self.folder = fs, folder
+    def __init__(self, fs: pafs.FileSystem, folder: str, id_type: str = "string"):
+        self.fs, self.folder, self.id_type = fs, folder, id_type
 
     def path(self, name: str) -> str:
         return f"{self.folder}/{name}"
@@ -52,9 +55,10 @@ class Output:
         earlier = read_bytes(self.fs, self.path(MANIFEST))
         if earlier is not None:
             recorded = json.loads(earlier)
-            changed = [key for key in settings if recorded["settings"].get(key) != settings[key]]
+            started = EARLIER_SETTINGS | recorded["settings"]
+            changed = [key for key in settings if started.get(key) != settings[key]]
             if changed:
-                was = ", ".join(f"{key}={recorded['settings'].get(key)!r}" for key in changed)
+                was = ", ".join(f"{key}={started.get(key)!r}" for key in changed)
                 now = ", ".join(f"{key}={settings[key]!r}" for key in changed)
                 raise ValueError(
                     f"output {self.folder} was started with {was}; this run has {now}: "
@@ -72,7 +76,7 @@ class Output:
 
     def write_shard(self, name: str, rows: list[dict]) -> None:
         """Write a shard's rows (in row order) as one Parquet file, atomically."""
-        table = pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+        table = pa.Table.from_pylist(rows, schema=output_schema(self.id_type))
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         write_atomic(self.fs, self.path(name), buffer.getvalue())
@@ -99,7 +103,7 @@ class ShardCollector:
         self.written: list[str] = []
 
     def add(self, table: pa.Table) -> None:
-        """Take a batch of result rows (``rows.RESULT_SCHEMA``); write the shards it completes."""
+        """Take a batch of result rows (``rows.result_schema``); write the shards it completes."""
         touched = set()
         for result in table.to_pylist():
             name, row = result.pop("shard"), result.pop("row")

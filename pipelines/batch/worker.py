@@ -12,7 +12,7 @@ import pyarrow as pa
 
 from actors.engine import Engine, EngineConfig, GenerationResult
 from actors.messages import SamplingParams
-from pipelines.batch.rows import RESULT_SCHEMA
+from pipelines.batch.rows import id_type_of, result_schema
 
 
 class EngineWorker:
@@ -35,12 +35,13 @@ class EngineWorker:
         self.defaults, self.chat = defaults, chat
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        """Request rows (``rows.REQUEST_SCHEMA``) → result rows (``rows.RESULT_SCHEMA``)."""
+        """Request rows (``rows.request_schema``) → result rows (``rows.result_schema``), whose
+        ids have the type of the requests' ids."""
         return self._torch_thread.submit(self._generate, batch).result()
 
     def _generate(self, batch: pa.Table) -> pa.Table:
         results = generate_rows(self.engine, batch.to_pylist(), self.defaults, self.chat)
-        return pa.Table.from_pylist(results, schema=RESULT_SCHEMA)
+        return pa.Table.from_pylist(results, schema=result_schema(id_type_of(batch.schema)))
 
 
 def generate_rows(engine: Engine, requests: list[dict], defaults: SamplingParams, chat: bool) -> list[dict]:

@@ -16,12 +16,13 @@ import json
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import pyarrow.parquet as pq
 
 from pipelines.common.prompts import load_prompts
-from pipelines.common.report import command_line, figure, write_docs
+from pipelines.common.report import command_line, figure, write_report
 from pipelines.generate import GenerateConfig
 
 BEGIN, END = "<!-- batch-bench:begin -->", "<!-- batch-bench:end -->"
@@ -131,13 +132,8 @@ def main(cfg: BatchBenchConfig) -> dict:
         },
         "runs": runs,
     }
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
-    if cfg.plot:
-        write_plot(runs, Path(cfg.plot))
-    if cfg.docs:
-        write_docs(Path(cfg.docs), docs_block(report, cfg), BEGIN, END)
+    block, draw = partial(docs_block, report, cfg), partial(write_plot, runs)
+    write_report(report, cfg.out, cfg.docs, block, (BEGIN, END), cfg.plot, draw)
     return report
 
 

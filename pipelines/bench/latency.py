@@ -10,11 +10,11 @@ model/drafter/dtype/device) and a PNG bar plot of tokens/s.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -33,7 +33,7 @@ from pipelines.bench.latency_report import (
     write_plot,
 )
 from pipelines.common.prompts import load_prompts
-from pipelines.common.report import write_docs
+from pipelines.common.report import write_report
 
 HF_GENERATE = "hf_generate"
 HF_ASSISTED = ("hf_prompt_lookup", "hf_assisted_model")
@@ -213,14 +213,9 @@ def main(cfg: BenchConfig, engine=None) -> dict:
     report = summarize(run_interleaved(systems, prompt_ids, stop_ids(engine)))
     report["config"] = {"bench": asdict(cfg), "environment": environment(cfg, engine)}
     print_table(report)
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=2), encoding="utf-8")
     plot = plot_path(cfg, torch.device(engine.device).type)
-    if plot is not None:
-        write_plot(report, plot)
-    if cfg.docs:
-        write_docs(cfg.docs, docs_block(report, plot, Path(cfg.docs)), BEGIN, END)
+    block, draw = partial(docs_block, report, plot, Path(cfg.docs)), partial(write_plot, report)
+    write_report(report, cfg.out, cfg.docs, block, (BEGIN, END), plot, draw)
     return report
 
 

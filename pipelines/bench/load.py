@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from pipelines.common.prompts import load_prompts
-from pipelines.common.report import command_line, figure, write_docs
+from pipelines.common.report import command_line, figure, write_report
 from pipelines.serve import ServeConfig
 
 BEGIN, END = "<!-- load-bench:begin -->", "<!-- load-bench:end -->"
@@ -192,13 +192,8 @@ def main(cfg: LoadBenchConfig) -> dict:
         },
         "runs": runs,
     }
-    if cfg.out:
-        Path(cfg.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.out).write_text(json.dumps(report, indent=2) + "\n")
-    if cfg.plot:
-        write_plot(runs, Path(cfg.plot))
-    if cfg.docs:
-        write_docs(Path(cfg.docs), docs_block(report, cfg), BEGIN, END)
+    block, draw = partial(docs_block, report, cfg), partial(write_plot, runs)
+    write_report(report, cfg.out, cfg.docs, block, (BEGIN, END), cfg.plot, draw)
     return report
 
 

@@ -5,10 +5,11 @@ figures (one writer for all of them) and its block in a markdown file such as
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import shlex
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -76,3 +77,25 @@ def write_docs(path: str | Path, block: str, begin: str, end: str) -> None:
     text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmarks\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(upsert_section(text, block, begin, end), encoding="utf-8")
+
+
+def write_report(
+    report: dict,
+    out: str,
+    docs: str | None,
+    block: Callable[[], str],
+    markers: tuple[str, str],
+    plot: str | Path | None = None,
+    draw: Callable[[Path], None] | None = None,
+) -> None:
+    """Write what a benchmark run was asked for, each only when its path is set: the JSON
+    ``report`` at ``out``, the figure ``draw`` makes at ``plot``, and ``block()`` into the
+    section of the markdown file ``docs`` between ``markers``. A plain run sets none of them
+    and writes nothing (a user's first run must not edit the repository's docs)."""
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    if plot and draw is not None:
+        draw(Path(plot))
+    if docs:
+        write_docs(docs, block(), *markers)

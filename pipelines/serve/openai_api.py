@@ -108,64 +108,34 @@ def finish_reason(reason: str | None) -> str | None:
     return "length" if reason == "length" else ("stop" if reason else None)
 
 
+def envelope(rid: str, obj: str, model: str, choices: list[dict], usage_counts: dict | None) -> dict:
+    """What every OpenAI reply and stream chunk carries around its choices; ``usage`` only
+    when given (a stream sends it once, in a last chunk without choices)."""
+    body = {"id": rid, "object": obj, "created": int(time.time()), "model": model, "choices": choices}
+    if usage_counts:
+        body["usage"] = usage_counts
+    return body
+
+
 def chat_body(rid: str, model: str, text: str, reason: str, usage_counts: dict) -> dict:
-    return {
-        "id": rid,
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": finish_reason(reason),
-            }
-        ],
-        "usage": usage_counts,
-    }
+    message = {"role": "assistant", "content": text}
+    choice = {"index": 0, "message": message, "finish_reason": finish_reason(reason)}
+    return envelope(rid, "chat.completion", model, [choice], usage_counts)
 
 
 def completion_body(rid: str, model: str, text: str, reason: str, usage_counts: dict) -> dict:
-    return {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}],
-        "usage": usage_counts,
-    }
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}
+    return envelope(rid, "text_completion", model, [choice], usage_counts)
 
 
 def chat_chunk(rid: str, model: str, delta: dict, reason: str | None = None, usage_counts=None) -> str:
     choices = [] if usage_counts else [{"index": 0, "delta": delta, "finish_reason": finish_reason(reason)}]
-    chunk = {
-        "id": rid,
-        "object": "chat.completion.chunk",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-    }
-    if usage_counts:
-        chunk["usage"] = usage_counts
-    return sse(chunk)
+    return sse(envelope(rid, "chat.completion.chunk", model, choices, usage_counts))
 
 
 def completion_chunk(rid: str, model: str, text: str, reason: str | None = None, usage_counts=None) -> str:
-    choices = (
-        []
-        if usage_counts
-        else [{"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}]
-    )
-    chunk = {
-        "id": rid,
-        "object": "text_completion",
-        "created": int(time.time()),
-        "model": model,
-        "choices": choices,
-    }
-    if usage_counts:
-        chunk["usage"] = usage_counts
-    return sse(chunk)
+    choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason(reason)}
+    return sse(envelope(rid, "text_completion", model, [] if usage_counts else [choice], usage_counts))
 
 
 def sse(payload: dict | str) -> str:

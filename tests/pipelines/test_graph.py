@@ -1,7 +1,5 @@
 """The actor graph on a (simulated) multi-node Ray cluster: placement comes from config."""
 
-import time
-
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -9,6 +7,7 @@ from ray.cluster_utils import Cluster
 from actors.engine import Engine, EngineConfig
 from actors.messages import SamplingParams
 from pipelines.graph import GraphConfig, Placement, start_graph
+from tests.pipelines.common.waits import wait_until
 
 PROMPTS = [[1, 2, 3, 1, 2, 3, 4], [5, 6, 7, 5, 6]]
 
@@ -63,6 +62,11 @@ def test_drafter_and_verifier_land_on_the_nodes_their_config_names(cluster, grap
     assert sum(r.stats.drafted for r in results) > 0  # the remote drafter did draft
 
 
+def engine_steps(graph) -> int:
+    """Verifier steps the graph's engine has run so far."""
+    return ray.get(graph.engine.counters.remote(), timeout=60).get("steps", 0)
+
+
 def tokens_per_step(results) -> float:
     return sum(r.stats.new_tokens for r in results) / sum(r.stats.steps for r in results)
 
@@ -87,11 +91,12 @@ def test_hot_swapped_drafter_weights_take_effect_without_failing_a_request(
     before = ray.get(graph.engine.generate.remote(PROMPTS, params), timeout=300)
 
     long = SamplingParams(max_new_tokens=200, ignore_eos=True)
-    steps = ray.get(graph.engine.counters.remote())["steps"]
+    steps = engine_steps(graph)
     running = graph.engine.generate.remote([PROMPTS[0]], long)
-    while ray.get(graph.engine.counters.remote())["steps"] < steps + 2:  # drafting, ~150 steps to go
-        time.sleep(0.01)
+    wait_until(lambda: engine_steps(graph) >= steps + 2, "the long request's first steps")
     assert ray.get(graph.drafter.load_weights.remote(str(verifier_dir)), timeout=60) == 1  # re-seeded
+    running_after_swap = ray.get(graph.engine.load.remote(), timeout=60)["running"]
+    assert running_after_swap == 1, "the long request ended before the swap: nothing was swapped mid-request"
     (across,) = ray.get(running, timeout=300)
     after = ray.get(graph.engine.generate.remote(PROMPTS, params), timeout=300)
 

@@ -1,9 +1,10 @@
-"""Helpers for the batch generation tests: a local S3 server (moto), a tiny chat model folder,
-the 50-prompt dataset with 3 bad rows, an engine worker that waits to be killed, and a local Ray
-head started by ``cluster/local_head.sh``."""
+"""Helpers for the batch generation tests (the S3 server also serves the other jobs' tests): a
+local S3 server (moto), a tiny chat model folder, the 50-prompt dataset with 3 bad rows, an
+engine worker that waits to be killed, and a local Ray head started by ``cluster/local_head.sh``."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -15,12 +16,13 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[3]
 BUCKET = "tandem-batch"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
 CHAT_TEMPLATE = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
@@ -45,6 +47,29 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@contextlib.contextmanager
+def moto_s3(bucket: str) -> Iterator:
+    """A moto S3 server on 127.0.0.1 holding an empty ``bucket``: yields a boto3 client for it,
+    with the server's URL as its ``endpoint`` attribute (for ``s3.endpoint_url`` or
+    ``AWS_ENDPOINT_URL``), and stops the server on exit."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        keys = {"aws_access_key_id": CREDENTIALS["AWS_ACCESS_KEY_ID"]}
+        keys["aws_secret_access_key"] = CREDENTIALS["AWS_SECRET_ACCESS_KEY"]
+        client = boto3.client("s3", endpoint_url=endpoint, region_name=CREDENTIALS["AWS_REGION"], **keys)
+        client.create_bucket(Bucket=bucket)
+        client.endpoint = endpoint
+        yield client
+    finally:
+        server.stop()
 
 
 def save_tiny_chat_model(path: Path, make_tiny, tokenizer) -> Path:

@@ -9,7 +9,6 @@ import math
 import os
 import signal
 import threading
-import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -18,13 +17,12 @@ import pytest
 from actors.engine import Engine, EngineConfig
 from actors.messages import SamplingParams
 from pipelines import cli
-from pipelines.batch import worker
-from pipelines.common.storage import StoreConfig
+from pipelines.batch import job, worker
 from pipelines.batch.job import input_shards
 from pipelines.batch.output import MANIFEST, SUCCESS, Output, ShardCollector
-from pipelines.batch.rows import RESULT_SCHEMA, Columns, parse_record
-from pipelines.batch.shards import Shard, plan, read_requests
-from pipelines.common.storage import list_files, resolve, s3_filesystem
+from pipelines.batch.rows import Columns, parse_record, result_schema
+from pipelines.batch.shards import Shard, input_id_type, plan, read_requests
+from pipelines.common.storage import StoreConfig, list_files, resolve, s3_filesystem
 from pipelines.config import ConfigError, load_config
 from pipelines.generate import GenerateConfig, main
 from tests.pipelines.batch.fixtures import (
@@ -34,12 +32,14 @@ from tests.pipelines.batch.fixtures import (
     SHORT_ROWS,
     LocalHead,
     dataset_rows,
-    free_port,
+    moto_s3,
     parquet_bytes,
     prompt_text,
     read_output,
     save_tiny_chat_model,
+    worker_that_waits_to_be_killed,
 )
+from tests.pipelines.common.waits import wait_until
 
 MAX_NEW_TOKENS = 48
 ENGINE = {"device": "cpu", "max_model_len": 128, "max_draft_nodes": 8, "max_batch_size": 4}
@@ -75,26 +75,10 @@ def reference(engine, rows):
 @pytest.fixture(scope="module")
 def s3(rows):
     """A moto S3 server on 127.0.0.1 holding the dataset as two Parquet files under prompts/."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    client = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=CREDENTIALS["AWS_REGION"],
-    )
-    client.create_bucket(Bucket=BUCKET)
-    client.put_object(Bucket=BUCKET, Key="prompts/a.parquet", Body=parquet_bytes(rows[:30]))
-    client.put_object(Bucket=BUCKET, Key="prompts/b.parquet", Body=parquet_bytes(rows[30:]))
-    client.endpoint = endpoint
-    yield client
-    server.stop()
+    with moto_s3(BUCKET) as client:
+        client.put_object(Bucket=BUCKET, Key="prompts/a.parquet", Body=parquet_bytes(rows[:30]))
+        client.put_object(Bucket=BUCKET, Key="prompts/b.parquet", Body=parquet_bytes(rows[30:]))
+        yield client
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +160,64 @@ def test_a_good_record_keeps_its_id_and_sampling():
     assert json.loads(chat["messages"]) == [{"role": "user", "content": "a"}]
 
 
+# ---------------------------------------------------------------- ids keep their type
+
+
+def test_ids_take_the_job_id_type():
+    ints, strings = Columns(id_type="int"), Columns()
+    assert parse_record({"id": 7, "prompt": "hi"}, ints, "s", 0, "f:0")["id"] == 7
+    assert parse_record({"id": 7, "prompt": "hi"}, strings, "s", 0, "f:0")["id"] == "7"
+    assert parse_record({"prompt": "hi"}, strings, "s", 0, "f:0")["id"] == "f:0"
+    assert parse_record({"prompt": "hi"}, ints, "s", 0, "f:0")["id"] is None
+    assert parse_record({"id": math.nan, "prompt": "hi"}, ints, "s", 0, "f:0")["id"] is None  # pandas' null
+
+
+@pytest.mark.parametrize("bad", ["7", True, 7.0, 2**63])
+def test_an_id_that_is_not_an_integer_in_an_integer_job_is_a_bad_row(bad):
+    request = parse_record({"id": bad, "prompt": "hi"}, Columns(id_type="int"), "s", 0, "f:0")
+    assert request["id"] is None and request["prompt"] == "hi"
+    assert request["error"] == f"id must be a 64-bit integer like the input's other ids, got {bad!r}"
+
+
+def write_inputs(folder, files: dict[str, list[dict]]) -> None:
+    """Input files by name: ``.parquet`` through Arrow's own type inference, ``.jsonl`` as lines."""
+    folder.mkdir(exist_ok=True)
+    for name, records in files.items():
+        if name.endswith(".parquet"):
+            pq.write_table(pa.Table.from_pylist(records), folder / name)
+        else:
+            (folder / name).write_text("".join(json.dumps(record) + "\n" for record in records))
+
+
+def id_type_of_input(folder) -> str:
+    fs, path = resolve(str(folder), StoreConfig())
+    return input_id_type(fs, plan(fs, *list_files(fs, path), "auto", rows_per_shard=2), "id")
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"a.parquet": [{"id": 1, "prompt": "a"}, {"id": None, "prompt": "b"}]}, "int"),
+        ({"a.parquet": [{"id": "x", "prompt": "a"}]}, "string"),
+        ({"a.parquet": [{"prompt": "a"}], "b.jsonl": [{"prompt": "b"}]}, "string"),  # no id column
+        ({"a.jsonl": [{"id": 3, "prompt": "a"}, {"id": "later", "prompt": "b"}]}, "int"),  # first row
+        ({"a.jsonl": [{"prompt": "a"}, {"id": 4, "prompt": "b"}]}, "string"),
+        ({"a.parquet": [{"id": 1, "prompt": "a"}], "b.jsonl": [{"prompt": "b"}]}, "int"),
+    ],
+)
+def test_the_input_id_column_sets_the_id_type(tmp_path, files, expected):
+    write_inputs(tmp_path / "in", files)
+    assert id_type_of_input(tmp_path / "in") == expected
+
+
+def test_files_with_ids_of_two_types_are_refused(tmp_path):
+    files = {"a.parquet": [{"id": 1, "prompt": "a"}], "b.jsonl": [{"id": "b", "prompt": "b"}]}
+    write_inputs(tmp_path / "in", files)
+    expected = "'id' columns differ in type: .*a.parquet holds integers, .*b.jsonl other values"
+    with pytest.raises(ValueError, match=expected):
+        id_type_of_input(tmp_path / "in")
+
+
 # ---------------------------------------------------------------- shards
 
 
@@ -236,7 +278,7 @@ def test_worker_generates_good_rows_and_isolates_bad_ones(engine):
         {"prompt": "t5 t6", "max_new_tokens": 2},
     ]
     results = worker.generate_rows(engine, requests_for(records), SamplingParams(max_new_tokens=6), chat=True)
-    pa.Table.from_pylist(results, schema=RESULT_SCHEMA)  # the actor's output schema holds them
+    pa.Table.from_pylist(results, schema=result_schema())  # the actor's output schema holds them
     alone = [engine.generate([engine.encode(text)], SamplingParams(max_new_tokens=n))[0].text for text, n in
              [("t1 t2 t3", 6), ("t7 t8 t9", 6), ("t5 t6", 2)]]  # fmt: skip
     assert [results[i]["text"] for i in (0, 3, 4)] == alone
@@ -266,9 +308,9 @@ def test_collector_writes_a_shard_once_when_complete(tmp_path):
     collector = ShardCollector(
         output, [Shard("part-a.parquet", "in/a.parquet", "a.parquet", "parquet", 0, 3)]
     )
-    collector.add(pa.Table.from_pylist([result_row(2), result_row(0)], schema=RESULT_SCHEMA))
+    collector.add(pa.Table.from_pylist([result_row(2), result_row(0)], schema=result_schema()))
     assert output.done() == set()
-    collector.add(pa.Table.from_pylist([result_row(0), result_row(1)], schema=RESULT_SCHEMA))  # 0 again
+    collector.add(pa.Table.from_pylist([result_row(0), result_row(1)], schema=result_schema()))  # 0 again
     collector.finish()
     assert output.done() == {"part-a.parquet"} and collector.duplicates == 1
     assert [r["id"] for r in pq.read_table(tmp_path / "out" / "part-a.parquet").to_pylist()] == [
@@ -286,6 +328,14 @@ def test_an_output_refuses_other_settings(tmp_path):
     with pytest.raises(ValueError, match="started with max_new_tokens=8; this run has max_new_tokens=9"):
         output.pin({"max_new_tokens": 9, "model": "m"}, [])
     assert (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_an_output_from_before_typed_ids_resumes_with_string_ids_only(tmp_path):
+    output = Output(*resolve(str(tmp_path / "out"), StoreConfig()))
+    output.pin({"model": "m"}, [])  # a manifest without id_type: every id was a string then
+    output.pin({"model": "m", "id_type": "string"}, [])
+    with pytest.raises(ValueError, match="started with id_type='string'; this run has id_type='int'"):
+        output.pin({"model": "m", "id_type": "int"}, [])
 
 
 def test_s3_endpoint_and_credentials_from_the_environment(s3, monkeypatch):
@@ -340,39 +390,49 @@ def test_s3_job_writes_every_row_once_and_resumes_to_nothing(s3, model_dir, rows
     assert read_output(s3, "out/")[1] == etags  # nothing rewritten
 
 
+def test_integer_ids_come_out_as_integers_and_join_back(tmp_path, model_dir, engine, ray_cluster):
+    """A local job over Parquet and JSONL with integer ids: the output's id column is int64 and
+    joins the input on it; a row without an id has a null id."""
+    records = [{"id": 10 + index, "prompt": f"t{index} t{index + 1}"} for index in range(4)]
+    write_inputs(tmp_path / "in", {"a.parquet": records[:3], "b.jsonl": [records[3], {"prompt": "t9"}]})
+    args = [f"input={tmp_path / 'in'}", f"output={tmp_path / 'out'}", f"engine.model={model_dir}"]
+    args += [*(f"engine.{key}={value}" for key, value in ENGINE.items()), "max_new_tokens=4"]
+    assert main(load_config(GenerateConfig, "configs/generate.yaml", args)).rows == 5
+
+    output = pq.read_table(tmp_path / "out")
+    assert output.schema.field("id").type == pa.int64()
+    asked = pa.Table.from_pylist(records).rename_columns(["id", "asked"])
+    joined = {row["id"]: row for row in output.join(asked, "id", join_type="inner").to_pylist()}
+    assert sorted(joined) == [10, 11, 12, 13]
+    for record in records:
+        alone = engine.generate([engine.encode(record["prompt"])], SamplingParams(max_new_tokens=4))[0]
+        assert (joined[record["id"]]["asked"], joined[record["id"]]["text"]) == (record["prompt"], alone.text)
+    assert [row["prompt"] for row in output.to_pylist() if row["id"] is None] == ["t9"]
+
+
 def split(args: list[str]) -> tuple[str, list[str]]:
     return args[0], args[1:]
 
 
-def engine_actor_pids() -> list[int]:
-    import psutil
-
-    pids = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        if "MapBatches(EngineWorker)" in " ".join(process.info["cmdline"] or []):
-            pids.append(process.info["pid"])
-    return pids
-
-
-def test_a_killed_engine_actor_loses_no_row(s3, model_dir, rows, reference, ray_cluster):
+def test_a_killed_engine_actor_loses_no_row(
+    s3, model_dir, rows, reference, ray_cluster, tmp_path, monkeypatch
+):
+    """An engine actor killed while it holds a batch (it announced the batch in a marker file and
+    waits there): Ray restarts it and retries the batch, and every row is written once."""
+    marker = tmp_path / "batch-started"
+    monkeypatch.setattr(job, "EngineWorker", worker_that_waits_to_be_killed(marker))
     extra = ("batch.rows_per_shard=5", "batch.batch_size=1", "batch.min_actors=2", "batch.max_actors=2")
     cfg = load_config(
         GenerateConfig, *split(job_args(s3, model_dir, "kill/", *extra, "batch.tasks_per_actor=1"))
     )
     outcome = {}
-    job = threading.Thread(target=lambda: outcome.update(summary=main(cfg)))
-    job.start()
-    deadline, killed = time.monotonic() + 120, None
-    while killed is None and job.is_alive() and time.monotonic() < deadline:
-        shards = [key for key in read_output(s3, "kill/")[1] if key.endswith(".parquet")]
-        pids = engine_actor_pids()
-        if shards and pids:  # generating: kill an actor in the middle of its work
-            os.kill(pids[0], signal.SIGKILL)
-            killed = (pids[0], len(shards))
-        time.sleep(0.05)
-    job.join(180)
-    assert killed is not None, "the job ended before an engine actor could be killed"
-    assert killed[1] < 10, "the actor was killed after every shard was written"
+    thread = threading.Thread(target=lambda: outcome.update(summary=main(cfg)))
+    thread.start()
+    pid = int(wait_until(lambda: marker.exists() and marker.read_text(), "an engine actor to start a batch"))
+    os.kill(pid, signal.SIGKILL)
+    thread.join(300)
+    assert not thread.is_alive(), "the job did not finish after its engine actor was killed"
+    assert "summary" in outcome, "the job failed after its engine actor was killed (traceback above)"
     summary = outcome["summary"]
     assert (summary.rows, summary.written) == (50, 10)
     check_output(read_output(s3, "kill/")[0], rows, reference)

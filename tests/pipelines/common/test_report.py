@@ -1,8 +1,11 @@
-"""The shared report helpers: the reproducing command line and the docs upsert."""
+"""The shared report helpers: the reproducing command line, the docs upsert, what a run writes."""
 
 from __future__ import annotations
 
-from pipelines.common.report import command_line, upsert_section
+import json
+from pathlib import Path
+
+from pipelines.common.report import command_line, upsert_section, write_report
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 
@@ -38,3 +41,15 @@ def test_docs_section_before_other_sections_leaves_them_alone():
     text = f"# B\n\n{BEGIN}\n### k\nx\n{END}\n\n<!-- kernel-bench:begin -->\nK\n<!-- kernel-bench:end -->\n"
     updated = upsert(text, "### k\ny")
     assert updated == text.replace("### k\nx", "### k\ny")
+
+
+def test_write_report_writes_only_what_is_asked(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    drawn = []
+    write_report({"x": 1}, "", "", lambda: "### k\nx", (BEGIN, END), "", drawn.append)
+    assert list(tmp_path.iterdir()) == [] and drawn == []  # a plain run writes nothing
+
+    out, docs = tmp_path / "r" / "report.json", tmp_path / "docs" / "benchmarks.md"
+    write_report({"x": 1}, str(out), str(docs), lambda: "### k\nx", (BEGIN, END), "plot.png", drawn.append)
+    assert json.loads(out.read_text()) == {"x": 1} and drawn == [Path("plot.png")]
+    assert f"{BEGIN}\n### k\nx\n{END}" in docs.read_text()

@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.pipelines.distill.test_distill import write_prompts
 
-from tests.pipelines.batch.fixtures import CREDENTIALS, LocalHead, free_port
+from tests.pipelines.batch.fixtures import CREDENTIALS, LocalHead, moto_s3
+from tests.pipelines.distill.test_distill import write_prompts
 
 BUCKET = "tandem-distill"
 
@@ -16,26 +16,11 @@ BUCKET = "tandem-distill"
 @pytest.fixture(scope="module")
 def s3(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 holding 40 tiny-vocabulary prompts under prompts/."""
-    import boto3
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    client = boto3.client(
-        "s3",
-        endpoint_url=f"http://127.0.0.1:{port}",
-        aws_access_key_id=CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-        region_name=CREDENTIALS["AWS_REGION"],
-    )
-    client.create_bucket(Bucket=BUCKET)
     prompts = tmp_path_factory.mktemp("distill-s3") / "prompts.jsonl"
     write_prompts(prompts, 40)
-    client.put_object(Bucket=BUCKET, Key="prompts/tiny.jsonl", Body=prompts.read_bytes())
-    client.endpoint = f"http://127.0.0.1:{port}"
-    yield client
-    server.stop()
+    with moto_s3(BUCKET) as client:
+        client.put_object(Bucket=BUCKET, Key="prompts/tiny.jsonl", Body=prompts.read_bytes())
+        yield client
 
 
 @pytest.fixture

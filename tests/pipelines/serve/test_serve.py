@@ -1,7 +1,6 @@
 """The Serve app through real HTTP and the real ``openai`` client, on a local Ray cluster."""
 
 import json
-import time
 import urllib.request
 
 import httpx
@@ -14,6 +13,7 @@ from actors.engine import Engine, EngineConfig
 from actors.messages import SamplingParams
 from pipelines.graph import Placement
 from pipelines.serve.app import Scaling, ServeConfig, build
+from tests.pipelines.common.waits import wait_until
 from tests.pipelines.conftest import free_port
 
 API_KEY = "sk-tandem-test"
@@ -164,18 +164,17 @@ def test_metrics_reach_the_prometheus_export(app, client):
         "ray_tandem_generation_tokens_total",
         "ray_tandem_time_to_first_token_seconds",
     ]
-    deadline, text = time.time() + 90, ""
-    while time.time() < deadline:
-        text = (
-            urllib.request.urlopen(f"http://127.0.0.1:{app['metrics_port']}/metrics", timeout=10)
-            .read()
-            .decode()
-        )
-        if all(name in text for name in wanted):
-            break
-        time.sleep(2)
-    for name in wanted + ["ray_tandem_drafted_tokens_total", "ray_tandem_running_requests"]:
+    text = wait_until(lambda: exported(app, wanted), f"{wanted} on the Prometheus export", timeout=90, poll=2)
+    for name in ["ray_tandem_drafted_tokens_total", "ray_tandem_running_requests"]:
         assert name in text
+
+
+def exported(app, names: list[str]) -> str:
+    """The Prometheus export's text once it holds every metric in ``names`` (Ray reports them
+    every second), else ''."""
+    url = f"http://127.0.0.1:{app['metrics_port']}/metrics"
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    return text if all(name in text for name in names) else ""
 
 
 def drafter_replica():
@@ -186,6 +185,8 @@ def drafter_replica():
 
 def test_killing_the_drafter_mid_stream_keeps_the_output(app, client, local_engine):
     want = expected(local_engine, local_engine.tokenizer.encode(PROMPT), 300)
+    verifier = serve.get_deployment_handle("Verifier", app_name="tandem")
+    failures = verifier.counters.remote().result().get("drafter_failures", 0)
     stream = client.completions.create(
         model="tiny", prompt=PROMPT, max_tokens=300, temperature=0, stream=True
     )
@@ -197,6 +198,8 @@ def test_killing_the_drafter_mid_stream_keeps_the_output(app, client, local_engi
             ray.kill(drafter_replica(), no_restart=True)
     assert not finished_before_kill
     assert "".join(pieces) == want
+    # the verifier met the dead drafter while the stream ran (a kill after the end would not count)
+    assert verifier.counters.remote().result().get("drafter_failures", 0) > failures
     # Serve replaces the replica; the app keeps answering
     reply = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0)
     assert reply.choices[0].text == expected(local_engine, local_engine.tokenizer.encode(PROMPT), 8)
@@ -214,9 +217,10 @@ def test_a_client_that_disconnects_stops_its_generation(app, client):
         lines = response.iter_lines()
         next(line for line in lines if line.startswith("data:"))
         assert verifier.load.remote().result()["running"] == 1
-    deadline = time.time() + 20
-    while verifier.load.remote().result()["running"] and time.time() < deadline:
-        time.sleep(0.2)
+    def idle() -> bool:
+        return not verifier.load.remote().result()["running"]
+
+    wait_until(idle, "the aborted request to leave the engine", timeout=20)
     assert verifier.counters.remote().result().get("aborted") == aborted + 1
     assert verifier.load.remote().result() == {"running": 0, "waiting": 0}
     reply = client.completions.create(model="tiny", prompt=PROMPT, max_tokens=8, temperature=0)
