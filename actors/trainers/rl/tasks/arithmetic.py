@@ -27,7 +27,7 @@ from actors.trainers.rl.tasks.base import (
     last_answer,
     problem_rng,
     register_task,
-    tiered_reward,
+    tiered_score,
 )
 
 _STRICT_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
@@ -117,6 +117,4 @@ class ArithmeticTask:
         correct = parse_strict_int(answer) == truth
         formatted = answer is not None
         lenient = last_number(completion) == truth
-        return Score(
-            reward=tiered_reward(correct, formatted), correct=correct, lenient=lenient, formatted=formatted
-        )
+        return tiered_score(correct, lenient, formatted)

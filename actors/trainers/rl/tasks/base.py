@@ -147,3 +147,9 @@ def tiered_reward(correct: bool, formatted: bool) -> float:
     if correct:
         return 1.0
     return 0.1 if formatted else 0.0
+
+
+def tiered_score(correct: bool, lenient: bool, formatted: bool) -> Score:
+    """A :class:`Score` with the :func:`tiered_reward` of arithmetic and countdown."""
+    reward = tiered_reward(correct, formatted)
+    return Score(reward=reward, correct=correct, lenient=lenient, formatted=formatted)

@@ -36,7 +36,7 @@ from actors.trainers.rl.tasks.base import (
     last_answer,
     problem_rng,
     register_task,
-    tiered_reward,
+    tiered_score,
 )
 
 #: longest answer the checker parses; a real solution over 4 numbers is far shorter
@@ -186,6 +186,4 @@ class CountdownTask:
         if not lenient and answer is None:
             runs = [run for run in _EXPRESSION_RUN.findall(completion) if _looks_like_expression(run)]
             lenient = bool(runs) and check_expression(runs[-1], numbers, target)
-        return Score(
-            reward=tiered_reward(correct, formatted), correct=correct, lenient=lenient, formatted=formatted
-        )
+        return tiered_score(correct, lenient, formatted)
