@@ -260,6 +260,7 @@ class RLRun:
     # -- checkpoints ----------------------------------------------------------------------
 
     def save(self, folder: Path) -> Path:
+        folder.mkdir(parents=True, exist_ok=True)  # a worker with nothing to write reports it empty
         state = {"step": self.step, "history": self.history, "gate": self.gate.state_dict()}
         return self.trainer.save(folder, state | {"config": self.cfg.expanded}, self.rank)
 

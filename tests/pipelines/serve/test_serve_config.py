@@ -33,7 +33,7 @@ def test_bad_serve_settings_name_the_key():
 
 
 def test_dashboard_plots_only_metrics_the_server_exports():
-    source = (ROOT / "pipelines" / "metrics.py").read_text()
+    source = (ROOT / "pipelines" / "serve" / "metrics.py").read_text()
     defined = set(re.findall(r'"(tandem_[a-z_]+)"', source))
     dashboard = json.loads((ROOT / "cluster" / "grafana_dashboard.json").read_text())
     used = {
