@@ -64,9 +64,9 @@ def main(cfg: RLConfig) -> dict:
         if cfg.eval.speculation_problems:
             record["speculation"].append(compare(cfg, None, "start"))
         result = train(cfg, names, namespace)
-        record["history"] = history(result)
-        if cfg.eval.speculation_problems:
-            record["speculation"].append(compare(cfg, final_weights(result), "end"))
+        record["history"], weights = final_checkpoint(result, weights=bool(cfg.eval.speculation_problems))
+        if weights is not None:
+            record["speculation"].append(compare(cfg, weights, "end"))
         if evaluation:
             record["eval"]["end"] = evaluation()
             before, after = record["eval"]["start"]["correct"], record["eval"]["end"]["correct"]
@@ -126,18 +126,13 @@ def train(cfg: RLConfig, names: list[str], namespace: str):
     return fit(train_loop_per_worker, {"loop": loop}, cfg.workers, cfg.name, cfg.storage_path, cfg.s3)
 
 
-def history(result) -> list[dict]:
-    """Every step's metrics, resumed parts included, from the final checkpoint's state."""
+def final_checkpoint(result, weights: bool) -> tuple[list[dict], dict | None]:
+    """From one download of the final checkpoint: every step's metrics (resumed parts included)
+    and, when ``weights``, the policy's weights."""
     with tempfile.TemporaryDirectory(prefix="rl-") as scratch:
         result.checkpoint.to_directory(scratch)
-        return json.loads((Path(scratch) / "trainer_state.json").read_text())["history"]
-
-
-def final_weights(result) -> dict:
-    """The final checkpoint's policy weights."""
-    with tempfile.TemporaryDirectory(prefix="rl-") as scratch:
-        result.checkpoint.to_directory(scratch)
-        return read_safetensors(str(Path(scratch) / "model.safetensors"))
+        history = json.loads((Path(scratch) / "trainer_state.json").read_text())["history"]
+        return history, read_safetensors(str(Path(scratch) / "model.safetensors")) if weights else None
 
 
 def summary_line(record: dict) -> str:

@@ -213,7 +213,7 @@ class RLRun:
                 break
         groups = (keep + dropped)[: rollout.problems_per_step]  # short of informative ones: fill
         began = time.perf_counter()
-        metrics = rollout_metrics(groups, seconds, rounds, len(dropped), self.step)
+        metrics = rollout_metrics(groups, seconds, rounds, len(dropped))
         metrics |= apply_length_reward(groups, cfg.reward, self.gate, rollout.max_new_tokens)
         scores = advantages(groups, cfg.algorithm)
         metrics["reward/mean"] = sum(s.reward for g in groups for s in g) / sum(len(g) for g in groups)

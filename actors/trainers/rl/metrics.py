@@ -11,7 +11,7 @@ from actors.trainers.rl.policy import CLIP_KEYS
 from actors.trainers.rl.rollout import Sample
 
 
-def rollout_metrics(groups: list[list[Sample]], seconds: float, rounds: int, dropped: int, step: int) -> dict:
+def rollout_metrics(groups: list[list[Sample]], seconds: float, rounds: int, dropped: int) -> dict:
     """What the rollout did: task reward and accuracy, lengths, clipping, group variance,
     speed and speculation (tokens per verifier step)."""
     samples = [s for g in groups for s in g]

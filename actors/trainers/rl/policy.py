@@ -21,6 +21,7 @@ from actors.trainers.checkpoints import STATE_FILE, load_checkpoint, save_checkp
 from actors.trainers.rl.batch import PolicyBatch
 from actors.trainers.rl.config import AlgorithmConfig, OptimConfig
 from actors.trainers.rl.losses import agg_loss, kl_k1, kl_k3, policy_loss, token_logprobs
+from actors.weights import load_in_place
 
 CLIP_KEYS = ("clip_ratio/low", "clip_ratio/high", "clip_ratio/dual")
 ZERO_FOLDER, ZERO_TAG = "deepspeed", "state"  # as actors/trainers/zero.py writes them
@@ -261,13 +262,11 @@ class PolicyTrainer:
 
 
 def load_weights(folder: Path, policy: nn.Module) -> None:
-    """The policy weights of a checkpoint folder, in place."""
+    """The policy weights of a checkpoint folder, copied in place (the checks of
+    :func:`actors.weights.load_in_place`: every key the policy's, every shape its own)."""
     from safetensors.torch import load_file
 
     weights: dict = {}
     for file in sorted(folder.glob("model*.safetensors")):
         weights |= load_file(file)
-    with torch.no_grad():
-        params = dict(policy.named_parameters())
-        for name, value in weights.items():
-            params[name].copy_(value)
+    load_in_place(policy, weights)
