@@ -387,11 +387,13 @@ class Engine:
             (s, r.prompt_ids + r.token_ids) for s, r in self._running.items() if s not in self._drafter_known
         ]
         added = {s for s, _ in adds}
+        hints = {s: hint for s in added if (hint := self._hint_ahead(self._running[s]))}
         call = DraftCall(
             adds=adds,
             releases=self._unsent_releases,
             verdicts=[v for v in self._unsent_verdicts if v.seq_id not in added],
             proposals=proposals,
+            hints=hints,
         )
         self._unsent_releases, self._unsent_verdicts = [], []
         self._drafter_known |= added
@@ -401,6 +403,16 @@ class Engine:
             return self._drafter_failed(exc) or []
         self._drafter_known -= set(reply.unknown)
         return reply.trees
+
+    @staticmethod
+    def _hint_ahead(request: Request) -> list[int]:
+        """The rest of the request's :attr:`~actors.messages.SamplingParams.draft_hint` after
+        its tokens so far (empty once they disagree with it): what a (re-)seeded drafter may
+        replay."""
+        hint, done = request.params.draft_hint, request.token_ids
+        if len(hint) <= len(done) or list(hint[: len(done)]) != done:
+            return []
+        return list(hint[len(done) :])
 
     def _drafter_failed(self, exc: Exception) -> bool:
         """Decode without drafts for a while; re-seed the drafter when it answers again."""

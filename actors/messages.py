@@ -36,6 +36,11 @@ class SamplingParams:
             largest draft tree + 1 fit in ``max_model_len``, so that it ends only with EOS, a stop
             string or ``max_new_tokens``, never cut short with ``length`` by a full KV cache (RL
             rollouts). Off by default: a server finishes such a request with ``length``.
+        draft_hint: tokens the completion is expected to start with, e.g. the previous rollout
+            of the same prompt with the same seed (RL replay). The drafter proposes them as a
+            chain while the committed tokens agree with them, and forgets them at the first
+            disagreement (:class:`~actors.drafters.replay.ReplayDrafter`). Never changes the
+            output: a wrong hint only costs rejected drafts.
     """
 
     max_new_tokens: int = 128
@@ -47,8 +52,11 @@ class SamplingParams:
     seed: int | None = None
     logprobs: bool = False
     require_full_length: bool = False
+    draft_hint: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if not isinstance(self.draft_hint, tuple):
+            object.__setattr__(self, "draft_hint", tuple(int(t) for t in self.draft_hint))
         if self.max_new_tokens <= 0:
             raise ValueError(f"max_new_tokens must be > 0, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -240,12 +248,16 @@ class DraftCall:
         proposals: ``(seq_id, budget, assume)``: the tree wanted; ``assume`` not None asks for a
             tree drafted as if those tokens (then the drafter's own guess at the verifier's next
             token) were committed — see :attr:`DraftTree.assumed`.
+        hints: ``seq_id -> tokens`` expected to follow the committed tokens of that sequence's
+            entry in ``adds`` (:attr:`SamplingParams.draft_hint`, from where the sequence
+            stands): drafted as a replay chain while they agree with what is committed.
     """
 
     adds: list[tuple[int, list[int]]] = field(default_factory=list)
     releases: list[int] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
     proposals: list[tuple[int, DraftBudget, list[int] | None]] = field(default_factory=list)
+    hints: dict[int, list[int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
