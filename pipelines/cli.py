@@ -25,6 +25,11 @@ PIPELINES = {
         "train Medusa-style heads on a distill run's teacher rows",
     ),
     "rl": ("pipelines.rl", "RLConfig", "RL alignment: GRPO/DAPO with verifiable, length-aware rewards"),
+    "preference": (
+        "pipelines.preference",
+        "PreferenceConfig",
+        "preference optimisation: DPO/IPO/SimPO on datasets or on-policy pairs, iterative rounds",
+    ),
     "bench": ("pipelines.bench.latency", "BenchConfig", "benchmark against Hugging Face generate"),
     "load-bench": (
         "pipelines.bench.load",

@@ -38,6 +38,16 @@ class EnginePool:
         ]
         return [result for part in self._get(calls, self.timeout_s, "generate") for result in part]
 
+    def score(self, prompts: list[list[int]], completions: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced log-probs (temperature 1) of each completion token under the engines'
+        current weights, split over the engines like :meth:`generate`, joined in order."""
+        share = -(-len(prompts) // len(self.handles))
+        calls = [
+            handle.score.remote(prompts[i : i + share], completions[i : i + share], 1.0)
+            for handle, i in zip(self.handles, range(0, len(prompts), share))
+        ]
+        return [row for part in self._get(calls, self.timeout_s, "score") for row in part]
+
     def load_weights(self, state_dict: dict, version: int) -> float:
         """Load ``state_dict`` into every engine as ``version`` (put in the object store once);
         check every engine reports it; seconds taken."""
