@@ -18,7 +18,7 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
 
 from actors.cpu_linear import rows_computed, speeds_up, use_weight_major
 from actors.lean_decoder import LeanDecoder
-from kernels.tree_attention import additive_mask, dense_tree_mask, pack_bits, tree_attention
+from kernels.tree_attention import TreeMetadata, additive_mask, dense_tree_mask, pack_bits, tree_attention
 
 ATTENTION_NAME = "tandem_tree"
 
@@ -53,10 +53,7 @@ class TreeBatch:
     rows: int  # batch rows
     slots: torch.Tensor | None  # [rows] cache slot of each row; None: row b is slot b
     kv_len: int  # cache positions any row reads
-    prefix_lens: torch.Tensor  # [rows]
-    tree_lens: torch.Tensor
-    q_lens: torch.Tensor
-    tree_mask: torch.Tensor  # [rows, Tq, W] int32
+    meta: TreeMetadata  # [rows] lengths, [rows, Tq, W] ancestor mask
     dense_mask: torch.Tensor | None  # [rows, Tq, kv_len] additive, for the reference backend
     write_rows: torch.Tensor  # [n] batch row of each valid query token
     write_slots: torch.Tensor  # [n] its cache slot
@@ -79,10 +76,7 @@ def attend(batch: TreeBatch, layer: int, query, key, value, scale: float | None)
         query,
         keys,
         values,
-        batch.prefix_lens,
-        batch.tree_lens,
-        batch.q_lens,
-        batch.tree_mask,
+        batch.meta,
         scale=scale,
         backend=batch.backend,
         dense_mask=batch.dense_mask,
@@ -264,22 +258,17 @@ class TreeModel:
             write_pos += range(first, first + q)
         kv_len = int((prefix_lens + tree_lens).max())
         device = self.device
-        tree_mask = pack_bits(ancestors)
+        meta = TreeMetadata(prefix_lens, tree_lens, q_lens, pack_bits(ancestors))
         dense = None
         if self.needs_dense_mask:  # built once, shared by every layer
-            dense = additive_mask(
-                dense_tree_mask(prefix_lens, tree_lens, q_lens, tree_mask, kv_len), self.cache_k.dtype
-            )
+            dense = additive_mask(dense_tree_mask(meta, kv_len), self.cache_k.dtype)
         batch = TreeBatch(
             cache_k=self.cache_k,
             cache_v=self.cache_v,
             rows=rows,
             slots=None if slots == list(range(rows)) else torch.tensor(slots, device=device),
             kv_len=kv_len,
-            prefix_lens=prefix_lens.to(device),
-            tree_lens=tree_lens.to(device),
-            q_lens=q_lens.to(device),
-            tree_mask=tree_mask.to(device),
+            meta=meta.to(device),
             dense_mask=dense.to(device) if dense is not None else None,
             write_rows=torch.tensor(write_rows, device=device),
             write_slots=torch.tensor([slots[row] for row in write_rows], device=device),

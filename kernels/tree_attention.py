@@ -10,6 +10,9 @@ Layout shared by every implementation (padded batch):
   when tree node ``j`` is an ancestor of (or is) query row ``i``. Built from parent pointers by
   :func:`ancestor_bits`; the prefix is never masked, so it takes no bits.
 
+The lengths and the mask travel together as a :class:`TreeMetadata`: they describe one forward's
+trees and are the same for every layer, whose calls differ only in ``q``, ``k`` and ``v``.
+
 A verifier uses ``q_lens == tree_lens`` (it queries every node of the step); a drafter growing
 a tree level by level queries only the newest level with ``q_lens < tree_lens``.
 """
@@ -19,10 +22,37 @@ from __future__ import annotations
 import math
 import os
 import threading
+from dataclasses import dataclass
 
 import torch
 
 BITS = 32
+
+
+@dataclass(frozen=True)
+class TreeMetadata:
+    """Where each sequence's tree sits in the cache, and which nodes each query row sees.
+
+    Attributes:
+        prefix_lens: ``[B]`` int, committed tokens before the tree (always visible).
+        tree_lens: ``[B]`` int, tree nodes after the prefix, in BFS order.
+        q_lens: ``[B]`` int, queried nodes: the last ``q_lens[b]`` of sequence ``b``'s tree.
+        tree_mask: ``[B, Tq, W]`` int32 from :func:`ancestor_bits` (rows of the queried nodes).
+    """
+
+    prefix_lens: torch.Tensor
+    tree_lens: torch.Tensor
+    q_lens: torch.Tensor
+    tree_mask: torch.Tensor
+
+    def to(self, device: torch.device | str) -> TreeMetadata:
+        """The same metadata with every tensor on ``device``."""
+        return TreeMetadata(
+            self.prefix_lens.to(device),
+            self.tree_lens.to(device),
+            self.q_lens.to(device),
+            self.tree_mask.to(device),
+        )
 
 
 def ancestor_bits(parents: torch.Tensor) -> torch.Tensor:
@@ -84,29 +114,24 @@ def unpack_bits(packed: torch.Tensor, size: int) -> torch.Tensor:
     return bits.flatten(-2)[..., :size].bool()
 
 
-def dense_tree_mask(
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    q_lens: torch.Tensor,
-    tree_mask: torch.Tensor,
-    kv_len: int,
-) -> torch.Tensor:
+def dense_tree_mask(meta: TreeMetadata, kv_len: int) -> torch.Tensor:
     """Boolean attention mask ``[B, Tq, kv_len]`` (True = attend) equivalent to the tree layout.
 
     Padding query rows see only cache position 0 so that softmax stays finite.
     """
+    tree_mask = meta.tree_mask
     batch, q_rows, _ = tree_mask.shape
     device = tree_mask.device
     pos = torch.arange(kv_len, device=device)
-    prefix = prefix_lens.to(device).view(batch, 1, 1)
-    tree_len = tree_lens.to(device).view(batch, 1, 1)
+    prefix = meta.prefix_lens.to(device).view(batch, 1, 1)
+    tree_len = meta.tree_lens.to(device).view(batch, 1, 1)
     width = tree_mask.shape[-1] * BITS
     bits = unpack_bits(tree_mask, width)  # bit j ↔ cache position prefix + j
     tree_pos = (pos.view(1, 1, kv_len) - prefix).clamp(min=0, max=width - 1)
     in_tree = (pos >= prefix) & (pos < prefix + tree_len)
     mask = pos.view(1, 1, kv_len) < prefix
     mask = mask | (in_tree & torch.gather(bits, 2, tree_pos.expand(batch, q_rows, kv_len)))
-    padding = torch.arange(q_rows, device=device).view(1, q_rows) >= q_lens.to(device).view(batch, 1)
+    padding = torch.arange(q_rows, device=device).view(1, q_rows) >= meta.q_lens.to(device).view(batch, 1)
     mask[padding] = pos == 0
     return mask
 
@@ -122,10 +147,7 @@ def tree_attention_ref(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    q_lens: torch.Tensor,
-    tree_mask: torch.Tensor,
+    meta: TreeMetadata,
     scale: float | None = None,
     dense_mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
@@ -134,8 +156,7 @@ def tree_attention_ref(
     Args:
         q: ``[B, Hq, Tq, D]``.
         k, v: ``[B, Hkv, S, D]`` with ``S >= max(prefix_lens + tree_lens)``.
-        prefix_lens, tree_lens, q_lens: ``[B]`` int.
-        tree_mask: ``[B, Tq, W]`` int32 from :func:`ancestor_bits` (rows of the queried nodes).
+        meta: the lengths and ancestor mask of the trees.
         scale: softmax scale, ``1/sqrt(D)`` by default.
         dense_mask: ``[B, Tq, kv_len]`` from :func:`dense_tree_mask` (or made additive by
             :func:`additive_mask`), when the caller already built it (a model reuses one mask
@@ -145,9 +166,9 @@ def tree_attention_ref(
         ``[B, Hq, Tq, D]`` in ``q``'s dtype; padding rows are zero.
     """
     batch, q_heads, q_rows, _ = q.shape
-    kv_len = int((prefix_lens + tree_lens).max())
+    kv_len = int((meta.prefix_lens + meta.tree_lens).max())
     if dense_mask is None:
-        dense_mask = dense_tree_mask(prefix_lens, tree_lens, q_lens, tree_mask, kv_len)
+        dense_mask = dense_tree_mask(meta, kv_len)
     out = torch.nn.functional.scaled_dot_product_attention(
         q,
         k[:, :, :kv_len],
@@ -156,19 +177,11 @@ def tree_attention_ref(
         scale=scale,
         enable_gqa=q_heads != k.shape[1],
     )
-    padding = torch.arange(q_rows, device=q.device).view(1, q_rows) >= q_lens.to(q.device).view(batch, 1)
+    padding = torch.arange(q_rows, device=q.device).view(1, q_rows) >= meta.q_lens.to(q.device).view(batch, 1)
     return out.masked_fill(padding[:, None, :, None], 0.0) if padding.any() else out
 
 
-def check_inputs(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    q_lens: torch.Tensor,
-    tree_mask: torch.Tensor,
-) -> None:
+def check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, meta: TreeMetadata) -> None:
     """Reject malformed tree-attention inputs with a message that names the argument.
 
     Shapes, dtypes and devices are always checked. The length *values* are checked only when the
@@ -180,6 +193,7 @@ def check_inputs(
         ValueError: mismatched shapes or devices, ``Hq`` not a multiple of ``Hkv``, or lengths that
             do not fit (``q_lens > tree_lens``, ``prefix + tree > S``, ``tree_lens > 32 * W``...).
     """
+    prefix_lens, tree_lens, q_lens, tree_mask = meta.prefix_lens, meta.tree_lens, meta.q_lens, meta.tree_mask
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dim() != 4:
             raise ValueError(f"{name} must be 4-D [B, H, T, D], got shape {tuple(x.shape)}")
@@ -249,10 +263,7 @@ def tree_attention(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    q_lens: torch.Tensor,
-    tree_mask: torch.Tensor,
+    meta: TreeMetadata,
     scale: float | None = None,
     backend: str = "auto",
     dense_mask: torch.Tensor | None = None,
@@ -275,11 +286,11 @@ def tree_attention(
     if backend not in ("auto", "reference", "triton"):
         raise ValueError(f"attention backend must be auto, reference or triton, got {backend!r}")
     if check:
-        check_inputs(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask)
+        check_inputs(q, k, v, meta)
     if backend == "auto":
         backend = "triton" if q.is_cuda and triton_available() else "reference"
     if backend == "reference":
-        return tree_attention_ref(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale, dense_mask)
+        return tree_attention_ref(q, k, v, meta, scale, dense_mask)
     if not triton_available():
         raise RuntimeError("backend='triton' needs the triton package; install it or use backend='reference'")
     if not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
@@ -290,6 +301,6 @@ def tree_attention(
     from kernels.tree_attention_triton import tree_attention_triton
 
     if q.is_cuda:
-        return tree_attention_triton(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale)
+        return tree_attention_triton(q, k, v, meta, scale)
     with _INTERPRETER_LOCK:  # Triton's CPU interpreter patches global state: one launch at a time
-        return tree_attention_triton(q, k, v, prefix_lens, tree_lens, q_lens, tree_mask, scale)
+        return tree_attention_triton(q, k, v, meta, scale)

@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels.tree_attention import TreeMetadata
+
 LOG2E = 1.4426950408889634
 
 
@@ -111,15 +113,9 @@ def _tree_attention_fwd(
     stride_ot,
     stride_mb,
     stride_mt,
-    stride_pb,
-    stride_ph,
-    stride_pt,
-    stride_ps,
-    stride_lb,
-    stride_lh,
-    stride_lt,
     num_kv_heads,
     q_rows,
+    num_splits,
     tiles_per_split,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
@@ -130,6 +126,7 @@ def _tree_attention_fwd(
     PRECISION: tl.constexpr,
 ):
     # grid: (m tiles, splits, B * Hkv); m tiles vary fastest so a KV head's tiles share L2.
+    # PartialO / PartialLse: contiguous [B, Hq, Tq, splits, HEAD_DIM] / [B, Hq, Tq, splits] scratch.
     pid_m = tl.program_id(0)
     pid_s = tl.program_id(1)
     pid_bh = tl.program_id(2)
@@ -180,18 +177,10 @@ def _tree_attention_fwd(
     out = tl.where(seen[:, None], out, 0.0)
     store_ok = (t < q_rows)[:, None] & d_ok[None, :]
     if SPLIT:
-        p_ptrs = (
-            PartialO
-            + b * stride_pb
-            + head[:, None] * stride_ph
-            + t[:, None] * stride_pt
-            + pid_s * stride_ps
-            + offs_d[None, :]
-        )
-        tl.store(p_ptrs, out, mask=store_ok)
+        part = ((b * num_kv_heads * GROUP + head) * q_rows + t) * num_splits + pid_s
+        tl.store(PartialO + part[:, None] * HEAD_DIM + offs_d[None, :], out, mask=store_ok)
         lse = tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf"))
-        l_ptrs = PartialLse + b * stride_lb + head * stride_lh + t * stride_lt + pid_s
-        tl.store(l_ptrs, lse, mask=t < q_rows)
+        tl.store(PartialLse + part, lse, mask=t < q_rows)
     else:
         o_ptrs = Out + b * stride_ob + head[:, None] * stride_oh + t[:, None] * stride_ot + offs_d[None, :]
         tl.store(o_ptrs, out.to(Out.dtype.element_ty), mask=store_ok)
@@ -206,13 +195,6 @@ def _combine_splits(
     stride_ob,
     stride_oh,
     stride_ot,
-    stride_pb,
-    stride_ph,
-    stride_pt,
-    stride_ps,
-    stride_lb,
-    stride_lh,
-    stride_lt,
     num_heads,
     q_rows,
     num_splits,
@@ -222,7 +204,11 @@ def _combine_splits(
     BLOCK_D: tl.constexpr,
     ROWS: tl.constexpr,
 ):
-    """Merge the split partial outputs of ``ROWS`` consecutive (sequence, head, query) rows."""
+    """Merge the split partial outputs of ``ROWS`` consecutive (sequence, head, query) rows.
+
+    ``PartialO`` / ``PartialLse`` are the forward's contiguous ``[B, Hq, Tq, splits, HEAD_DIM]`` /
+    ``[B, Hq, Tq, splits]`` scratch, so a row's partials start at ``row * num_splits``.
+    """
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, BLOCK_D)
     s_ok = offs_s < num_splits
@@ -234,21 +220,13 @@ def _combine_splits(
         head = (row // q_rows) % num_heads
         b = row // (q_rows * num_heads)
         q_len = tl.load(QLens + b)
-        lse = tl.load(
-            PartialLse + b * stride_lb + head * stride_lh + t * stride_lt + offs_s,
-            mask=s_ok,
-            other=float("-inf"),
-        )
+        part = row * num_splits + offs_s
+        lse = tl.load(PartialLse + part, mask=s_ok, other=float("-inf"))
         lse_max = tl.max(lse, 0)
         lse_max = tl.where(lse_max == float("-inf"), 0.0, lse_max)
         weight = tl.math.exp2(lse - lse_max)
         parts = tl.load(
-            PartialO
-            + b * stride_pb
-            + head * stride_ph
-            + t * stride_pt
-            + offs_s[:, None] * stride_ps
-            + offs_d[None, :],
+            PartialO + part[:, None] * HEAD_DIM + offs_d[None, :],
             mask=s_ok[:, None] & d_ok[None, :],
             other=0.0,
         )
@@ -312,10 +290,7 @@ def tree_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    prefix_lens: torch.Tensor,
-    tree_lens: torch.Tensor,
-    q_lens: torch.Tensor,
-    tree_mask: torch.Tensor,
+    meta: TreeMetadata,
     scale: float | None = None,
     *,
     num_splits: int | None = None,
@@ -341,7 +316,8 @@ def tree_attention_triton(
         k = k.contiguous()
     if v.stride(-1) != 1:
         v = v.contiguous()
-    tree_mask = tree_mask.contiguous()
+    tree_mask = meta.tree_mask.contiguous()
+    prefix_lens, tree_lens = meta.prefix_lens, meta.tree_lens
     # Upper bound of the KV length without a device sync: exact when the lengths live on the host.
     if prefix_lens.device.type == "cpu" and tree_lens.device.type == "cpu":
         kv_max = int((prefix_lens + tree_lens).max()) if batch else 0
@@ -349,7 +325,7 @@ def tree_attention_triton(
         kv_max = cache_len
     prefix_lens = prefix_lens.to(device=device, dtype=torch.int32, non_blocking=True)
     tree_lens = tree_lens.to(device=device, dtype=torch.int32, non_blocking=True)
-    q_lens = q_lens.to(device=device, dtype=torch.int32, non_blocking=True)
+    q_lens = meta.q_lens.to(device=device, dtype=torch.int32, non_blocking=True)
     out = torch.empty_like(q)
     if out.numel() == 0:
         return out
@@ -385,9 +361,7 @@ def tree_attention_triton(
         v.stride(0), v.stride(1), v.stride(2),
         out.stride(0), out.stride(1), out.stride(2),
         tree_mask.stride(0), tree_mask.stride(1),
-        *(partial_o.stride()[:4] if split else (0, 0, 0, 0)),
-        *(partial_lse.stride()[:3] if split else (0, 0, 0)),
-        kv_heads, q_rows, tiles_per_split,
+        kv_heads, q_rows, num_splits, tiles_per_split,
         GROUP=group, HEAD_DIM=head_dim, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
         SPLIT=split, PRECISION=precision, num_warps=warps, num_stages=stages,
     )  # fmt: skip
@@ -399,8 +373,6 @@ def tree_attention_triton(
         _combine_splits[(triton.cdiv(total_rows, rows_per_program),)](
             out, partial_o, partial_lse, q_lens,
             out.stride(0), out.stride(1), out.stride(2),
-            *partial_o.stride()[:4],
-            *partial_lse.stride()[:3],
             q_heads, q_rows, num_splits, total_rows,
             HEAD_DIM=head_dim, BLOCK_S=max(2, triton.next_power_of_2(num_splits)), BLOCK_D=block_d,
             ROWS=rows_per_program, num_warps=4 if block_d >= 128 else 2,

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import torch
 
-from kernels.tree_attention import ancestor_bits, dense_tree_mask, tree_attention
+from kernels.tree_attention import TreeMetadata, ancestor_bits, dense_tree_mask, tree_attention
 
 # Datasheet peaks (dense bf16 tensor-core FLOP/s, HBM bytes/s) by device-name substring.
 PEAKS = {"H100": (989e12, 3.35e12), "H200": (989e12, 4.8e12), "A100": (312e12, 2.0e12)}
@@ -73,12 +73,9 @@ def make_inputs(batch: int, prefix: int, tree: int, copies: int, gen: torch.Gene
     device, dtype = "cuda", torch.bfloat16
     parents = random_tree(tree, gen).expand(batch, tree)
     kv_len = prefix + tree
-    lens = dict(
-        prefix_lens=torch.full((batch,), prefix, dtype=torch.int32, device=device),
-        tree_lens=torch.full((batch,), tree, dtype=torch.int32, device=device),
-        q_lens=torch.full((batch,), tree, dtype=torch.int32, device=device),
-    )
-    tree_mask = ancestor_bits(parents).to(device)
+    # prefix_lens, tree_lens, q_lens: every sequence queries its whole tree
+    lens = [torch.full((batch,), n, dtype=torch.int32, device=device) for n in (prefix, tree, tree)]
+    meta = TreeMetadata(*lens, tree_mask=ancestor_bits(parents).to(device))
     kvs = [
         tuple(torch.randn(batch, KV_HEADS, kv_len, HEAD_DIM, device=device, dtype=dtype) for _ in range(2))
         for _ in range(copies)
@@ -86,9 +83,8 @@ def make_inputs(batch: int, prefix: int, tree: int, copies: int, gen: torch.Gene
     return dict(
         q=torch.randn(batch, Q_HEADS, tree, HEAD_DIM, device=device, dtype=dtype),
         kvs=kvs,
-        tree_mask=tree_mask,
-        dense=dense_tree_mask(*lens.values(), tree_mask, kv_len)[:, None],
-        **lens,
+        meta=meta,
+        dense=dense_tree_mask(meta, kv_len)[:, None],
     )
 
 
@@ -98,14 +94,14 @@ def bench_shape(batch: int, prefix: int, tree: int, peaks: tuple[float, float], 
     kv_bytes = 2 * batch * KV_HEADS * kv_len * HEAD_DIM * 2
     copies = max(1, min(8, math.ceil(L2_ROTATE_BYTES / kv_bytes)))
     x = make_inputs(batch, prefix, tree, copies, gen)
-    q, lens = x["q"], (x["prefix_lens"], x["tree_lens"], x["q_lens"])
+    q = x["q"]
 
     def run_kernel():
         for k, v in x["kvs"]:
-            tree_attention(q, k, v, *lens, x["tree_mask"], backend="triton")
+            tree_attention(q, k, v, x["meta"], backend="triton")
 
     q_bytes = q.numel() * 2
-    moved = kv_bytes + 2 * q_bytes + x["tree_mask"].numel() * 4
+    moved = kv_bytes + 2 * q_bytes + x["meta"].tree_mask.numel() * 4
     flops = 4 * batch * Q_HEADS * tree * kv_len * HEAD_DIM
     ms = time_graph(run_kernel, copies)
     row = dict(batch=batch, prefix=prefix, tree=tree, kernel_us=ms * 1e3, bytes=moved, flops=flops)
@@ -170,7 +166,6 @@ def _sweep_shape(batch: int, prefix: int, tree: int, peaks: tuple[float, float])
     kv_bytes = 2 * batch * KV_HEADS * (prefix + tree) * HEAD_DIM * 2
     copies = max(1, min(8, math.ceil(L2_ROTATE_BYTES / kv_bytes)))
     x = make_inputs(batch, prefix, tree, copies, torch.Generator().manual_seed(1))
-    lens = (x["prefix_lens"], x["tree_lens"], x["q_lens"])
     rows = []
     configs = [
         (block_m, block_n, warps, stages, splits)
@@ -188,7 +183,7 @@ def _sweep_shape(batch: int, prefix: int, tree: int, peaks: tuple[float, float])
 
         def run(kw=kw, ns=ns):
             for k, v in x["kvs"]:
-                tree_attention_triton(x["q"], k, v, *lens, x["tree_mask"], num_splits=ns, **kw)
+                tree_attention_triton(x["q"], k, v, x["meta"], num_splits=ns, **kw)
 
         try:
             ms = time_graph(run, copies, min_ms=50)

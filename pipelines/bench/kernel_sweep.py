@@ -33,11 +33,10 @@ def run(shape, cfg, no_combine=False):
     batch, prefix, tree = shape
     x = shapes[shape]
     q = x["q"]
-    lens = (x["prefix_lens"], x["tree_lens"], x["q_lens"])
 
     def fn():
         for k, v in x["kvs"]:
-            tat.tree_attention_triton(q, k, v, *lens, x["tree_mask"], **cfg)
+            tat.tree_attention_triton(q, k, v, x["meta"], **cfg)
 
     tat._combine_splits = _Nop() if no_combine else real_combine
     try:

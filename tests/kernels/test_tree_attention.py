@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from kernels.tree_attention import (
+    TreeMetadata,
     additive_mask,
     ancestor_bits,
     check_inputs,
@@ -73,9 +74,12 @@ def make_batch(specs, q_heads, kv_heads, head_dim, dtype, *, seed=0, device=DEVI
     )
 
 
+def metadata(inputs) -> TreeMetadata:
+    return TreeMetadata(*(inputs[n] for n in ("prefix_lens", "tree_lens", "q_lens", "tree_mask")))
+
+
 def call(fn, inputs, **kw):
-    names = ("q", "k", "v", "prefix_lens", "tree_lens", "q_lens", "tree_mask")
-    return fn(*(inputs[n] for n in names), **kw)
+    return fn(inputs["q"], inputs["k"], inputs["v"], metadata(inputs), **kw)
 
 
 def branch_oracle(inputs) -> torch.Tensor:
@@ -181,9 +185,7 @@ def test_reference_accepts_precomputed_dense_mask():
         [(12, random_parents(5, gen), 5), (3, random_parents(3, gen), 2)], 4, 2, 64, torch.float32
     )
     kv_len = int((inputs["prefix_lens"] + inputs["tree_lens"]).max())
-    dense = dense_tree_mask(
-        inputs["prefix_lens"], inputs["tree_lens"], inputs["q_lens"], inputs["tree_mask"], kv_len
-    )
+    dense = dense_tree_mask(metadata(inputs), kv_len)
     with_mask = call(tree_attention, inputs, backend="reference", dense_mask=dense)
     assert torch.equal(with_mask, call(tree_attention_ref, inputs))
     additive = additive_mask(dense, torch.float32)  # what a model builds once per forward

@@ -21,14 +21,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from actors.trainers.rl.tasks.base import (
-    Problem,
-    Score,
-    last_answer,
-    problem_rng,
-    register_task,
-    tiered_score,
-)
+from actors.trainers.rl.tasks import base
 
 _STRICT_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _LENIENT_NUMBER = re.compile(r"(?:(?<![\w.)])-)?(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\w)")
@@ -70,7 +63,7 @@ def last_number(text: str) -> Fraction | None:
     return Fraction(matches[-1].replace(",", "")) if matches else None
 
 
-@register_task("arithmetic")
+@base.register_task("arithmetic")
 @dataclass(frozen=True)
 class ArithmeticTask:
     """Integer expressions of ``terms`` terms with ``digits`` digits each.
@@ -95,8 +88,8 @@ class ArithmeticTask:
                 f"arithmetic knob ops must be a non-empty subset of {_ALLOWED_OPS!r}, got {self.ops!r}"
             )
 
-    def problem(self, seed: int, index: int) -> Problem:
-        rng = problem_rng(self.name, seed, index)
+    def problem(self, seed: int, index: int) -> base.Problem:
+        rng = base.problem_rng(self.name, seed, index)
         low, high = 10 ** (self.digits - 1), 10**self.digits - 1
         choices = sorted(set(self.ops))
         terms = [rng.randint(low, high) for _ in range(self.terms)]
@@ -105,16 +98,16 @@ class ArithmeticTask:
         truth = evaluate_chain(terms, ops)
         prompt = f"Compute {expression}. Write the final answer as an integer inside <answer></answer>."
         data = {"expression": expression, "terms": terms, "ops": ops}
-        return Problem(task=self.name, index=index, prompt=prompt, answer=str(truth), data=data)
+        return base.Problem(task=self.name, index=index, prompt=prompt, answer=str(truth), data=data)
 
-    def demonstration(self, problem: Problem) -> str:
+    def demonstration(self, problem: base.Problem) -> str:
         """A worked answer, for few-shot examples: the expression with its value, then the tag."""
         return f"{problem.data['expression']} = {problem.answer}\n<answer>{problem.answer}</answer>"
 
-    def score(self, problem: Problem, completion: str) -> Score:
+    def score(self, problem: base.Problem, completion: str) -> base.Score:
         truth = int(problem.answer)
-        answer = last_answer(completion)
+        answer = base.last_answer(completion)
         correct = parse_strict_int(answer) == truth
         formatted = answer is not None
         lenient = last_number(completion) == truth
-        return tiered_score(correct, lenient, formatted)
+        return base.tiered_score(correct, lenient, formatted)

@@ -30,14 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 
-from actors.trainers.rl.tasks.base import (
-    Problem,
-    Score,
-    last_answer,
-    problem_rng,
-    register_task,
-    tiered_score,
-)
+from actors.trainers.rl.tasks import base
 
 #: longest answer the checker parses; a real solution over 4 numbers is far shorter
 MAX_EXPRESSION_CHARS = 200
@@ -129,7 +122,7 @@ def _random_tree(rng, numbers: list[int]) -> tuple[int, str] | None:
     return value, text[1:-1] if text.startswith("(") else text
 
 
-@register_task("countdown")
+@base.register_task("countdown")
 @dataclass(frozen=True)
 class CountdownTask:
     """Countdown puzzles over 3-4 numbers with a target that the stored tree reaches.
@@ -157,8 +150,8 @@ class CountdownTask:
         if self.max_target < 1:
             raise ValueError(f"countdown knob max_target must be >= 1, got {self.max_target}")
 
-    def problem(self, seed: int, index: int) -> Problem:
-        rng = problem_rng(self.name, seed, index)
+    def problem(self, seed: int, index: int) -> base.Problem:
+        rng = base.problem_rng(self.name, seed, index)
         for _ in range(10_000):
             numbers = [
                 rng.randint(1, self.max_number) for _ in range(rng.randint(self.min_count, self.max_count))
@@ -175,15 +168,15 @@ class CountdownTask:
             f"write an expression that equals {target}. Write only the expression inside <answer></answer>."
         )
         data = {"numbers": numbers, "target": target}
-        return Problem(task=self.name, index=index, prompt=prompt, answer=solution, data=data)
+        return base.Problem(task=self.name, index=index, prompt=prompt, answer=solution, data=data)
 
-    def score(self, problem: Problem, completion: str) -> Score:
+    def score(self, problem: base.Problem, completion: str) -> base.Score:
         numbers, target = problem.data["numbers"], problem.data["target"]
-        answer = last_answer(completion)
+        answer = base.last_answer(completion)
         correct = answer is not None and check_expression(answer, numbers, target)
         formatted = answer is not None
         lenient = correct
         if not lenient and answer is None:
             runs = [run for run in _EXPRESSION_RUN.findall(completion) if _looks_like_expression(run)]
             lenient = bool(runs) and check_expression(runs[-1], numbers, target)
-        return tiered_score(correct, lenient, formatted)
+        return base.tiered_score(correct, lenient, formatted)
