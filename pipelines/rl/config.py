@@ -130,6 +130,11 @@ class RLConfig:
             raise ValueError("steps and checkpoint_every must be >= 1")
         if not self.name.strip() or "/" in self.name:
             raise ValueError("name must be a plain name (no '/')")
+        if self.rollout.replay and self.engine.drafter == "none":
+            raise ValueError(
+                "rollout.replay drafts through the engine's drafter, and engine.drafter=none drafts "
+                "nothing: use engine.drafter=ngram (the replay chain is merged into its trees)"
+            )
         room = self.rollout.max_new_tokens + self.engine.max_draft_nodes + 1
         if room >= self.engine.max_model_len:
             raise ValueError(

@@ -60,6 +60,18 @@ class RolloutConfig:
             i has the same seed at every step: its noise is shared across steps).
         engines: engine actors (each a verifier and its drafter); worker r uses engine r % engines.
         timeout_s: a rollout call slower than this fails the step (never hangs).
+        train_problems: a finite training set of this many problems (indices ``0..N-1`` of the
+            run's seed), drawn in order and cycled, one epoch every ``N / problems_per_step``
+            steps (veRL ``data.train_files`` with ``trainer.total_epochs``, unshuffled); 0 = a
+            new problem at every draw (problems never recur). At least ``problems_per_step``.
+        replay: replay drafts (SPEC-RL's idea, kept lossless): sample k of a problem is drafted
+            from its completion the last time that problem was rolled out, as a chain the
+            verifier checks as usual, up to the first token where the new sample differs. Needs
+            ``seed_mode=coupled`` (same seed, same noise, so the old completion is the new one
+            wherever the policy has not moved) and ``train_problems`` (problems must recur);
+            samples are the same with it on or off, only the verifier steps change. The last
+            completion per (problem, sample) is kept in rank 0's memory, not in checkpoints: a
+            resumed run replays from its second epoch on.
     """
 
     n: int = 4
@@ -69,6 +81,8 @@ class RolloutConfig:
     seed_mode: str = "fresh"
     engines: int = 1
     timeout_s: float = 900.0
+    train_problems: int = 0
+    replay: bool = False
 
     def __post_init__(self) -> None:
         if self.n < 2:
@@ -80,6 +94,23 @@ class RolloutConfig:
             raise ValueError(f"rollout.temperature must be > 0 for RL sampling, got {self.temperature}")
         if self.seed_mode not in SEED_MODES:
             raise ValueError(f"rollout.seed_mode must be one of {SEED_MODES}, got {self.seed_mode!r}")
+        if self.train_problems < 0:
+            raise ValueError(f"rollout.train_problems must be >= 0, got {self.train_problems}")
+        if self.train_problems and self.train_problems < self.problems_per_step:
+            raise ValueError(
+                f"rollout.train_problems={self.train_problems} must be 0 or >= rollout.problems_per_step="
+                f"{self.problems_per_step} (a step would hold a problem twice)"
+            )
+        if self.replay and self.seed_mode != "coupled":
+            raise ValueError(
+                "rollout.replay needs rollout.seed_mode=coupled: with fresh seeds a previous "
+                "completion is another sample's, and its drafts would be rejected"
+            )
+        if self.replay and not self.train_problems:
+            raise ValueError(
+                "rollout.replay needs rollout.train_problems > 0: without a finite training set "
+                "no problem is rolled out twice, so there is nothing to replay"
+            )
 
 
 @dataclass

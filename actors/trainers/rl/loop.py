@@ -166,6 +166,9 @@ class RLRun:
         self.prompter = Prompter(self.tokenizer, self.task, cfg.task.few_shot, cfg.task.response_prefix)
         self.gate = AccuracyGate(cfg.reward.acc_tolerance)
         self.step, self.history = 0, []
+        #: (problem index, sample) -> its last completion, drafted as its replay hint
+        #: (``rollout.replay``; rank 0 rolls out, so only rank 0 fills it)
+        self.replay: dict[tuple[int, int], list[int]] = {}
 
     # -- one step -------------------------------------------------------------------------
 
@@ -225,18 +228,31 @@ class RLRun:
         """One round of problems (indices unique per step and round) and their samples."""
         cfg, count = self.cfg, self.cfg.rollout.problems_per_step
         first = (self.step * cfg.algorithm.filter_groups.max_num_gen_batches + round_) * count
-        problems = [self.task.problem(cfg.seed, first + i) for i in range(count)]
+        problems = [self.task.problem(cfg.seed, self.problem_index(first + i)) for i in range(count)]
         prefix = cfg.task.response_prefix
         prompts = [self.prompter(p) for p in problems]
 
         def seeds(index: int, k: int) -> int:
             return sample_seed(cfg.seed, self.step, index, k, cfg.rollout.seed_mode)
 
-        groups = collect(engines.generate, self.task, problems, prompts, cfg.rollout.n, params, seeds, prefix)
+        hints = (lambda index, k: self.replay.get((index, k), [])) if cfg.rollout.replay else None
+        groups = collect(
+            engines.generate, self.task, problems, prompts, cfg.rollout.n, params, seeds, prefix, hints
+        )
         stale = {s.policy_version for g in groups for s in g} - {self.step}
         if stale:
             raise RuntimeError(f"step {self.step}: rollouts came from policy version(s) {sorted(stale)}")
+        if cfg.rollout.replay:
+            for group in groups:
+                for k, sample in enumerate(group):
+                    self.replay[(sample.problem.index, k)] = sample.token_ids
         return groups
+
+    def problem_index(self, draw: int) -> int:
+        """The problem of the ``draw``-th draw of the run: itself, or with a finite training set
+        (``rollout.train_problems``) its place in the cycle through it."""
+        size = self.cfg.rollout.train_problems
+        return draw % size if size else draw
 
     def update(self, samples: list[Sample], scores: list[float], dist) -> dict:
         """This worker's share of every mini-batch, for ``ppo_epochs`` passes; the step's metrics."""

@@ -93,6 +93,7 @@ def collect(
     params: SamplingParams,
     seeds: Callable[[int, int], int] | None,
     response_prefix: str = "",
+    hints: Callable[[int, int], list[int]] | None = None,
 ) -> list[list[Sample]]:
     """``n`` samples of every problem, scored; one group (list) per problem.
 
@@ -105,13 +106,17 @@ def collect(
         params: sampling settings (``seed`` replaced per sample when ``seeds`` is given).
         seeds: ``seeds(problem_index, sample)`` → sampling seed; None keeps ``params.seed``.
         response_prefix: the reply's start that ends every prompt; scored as part of the reply.
+        hints: ``hints(problem_index, sample)`` → the tokens that sample is expected to produce
+            (its previous rollout: :attr:`~actors.messages.SamplingParams.draft_hint`); None or
+            an empty list drafts as usual. Samples do not depend on it.
     """
     batch, per_request = [], []
     for problem, ids in zip(problems, prompts):
         for k in range(n):
             batch.append(ids)
             seed = seeds(problem.index, k) if seeds else params.seed
-            per_request.append(replace(params, seed=seed))
+            hint = tuple(hints(problem.index, k)) if hints else params.draft_hint
+            per_request.append(replace(params, seed=seed, draft_hint=hint))
     results = generate(batch, per_request)
     groups = []
     for i, (problem, ids) in enumerate(zip(problems, prompts)):
