@@ -1,5 +1,8 @@
 """The actor graph on a (simulated) multi-node Ray cluster: placement comes from config."""
 
+import dataclasses
+import math
+
 import pytest
 import ray
 from ray.cluster_utils import Cluster
@@ -104,3 +107,25 @@ def test_hot_swapped_drafter_weights_take_effect_without_failing_a_request(
     assert across.token_ids == reference.generate([PROMPTS[0]], long)[0].token_ids
     assert [r.token_ids for r in after] == [r.token_ids for r in reference.generate(PROMPTS, params)]
     assert tokens_per_step(before) < 1.5 < 3 < tokens_per_step(after)
+
+
+def test_a_draft_hint_crosses_to_the_drafter_actor(cluster, graphs, verifier_dir):
+    """Replay drafts (``SamplingParams.draft_hint``) reach the n-gram drafter in its own actor on
+    another node: a seeded sample replayed from its own output takes at most
+    ceil(L / max_draft_nodes) + 1 verifier steps, and its tokens stay the same."""
+    nodes, length = 8, 40
+    engine = EngineConfig(
+        model=str(verifier_dir),
+        device="cpu",
+        max_model_len=256,
+        max_draft_nodes=nodes,
+        max_draft_depth=nodes,
+        adaptive_budget=False,
+    )
+    graph = graphs(engine, "hinted")
+    sampled = [SamplingParams(max_new_tokens=length, ignore_eos=True, temperature=1.0, seed=s) for s in (1, 2)]
+    plain = ray.get(graph.engine.generate.remote(PROMPTS, sampled), timeout=300)
+    hinted = [dataclasses.replace(p, draft_hint=r.token_ids) for p, r in zip(sampled, plain)]
+    replayed = ray.get(graph.engine.generate.remote(PROMPTS, hinted), timeout=300)
+    assert [r.token_ids for r in replayed] == [r.token_ids for r in plain]
+    assert all(r.stats.steps <= math.ceil(length / nodes) + 1 for r in replayed), [r.stats for r in replayed]
