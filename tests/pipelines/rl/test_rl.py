@@ -140,3 +140,13 @@ def test_ray_job_submit_trains_into_s3(s3, chat_model_dir, tmp_path):
     assert (
         record["config"]["algorithm"]["clip_ratio_high"] == 0.2 and metrics.with_suffix(".png").stat().st_size
     )
+
+
+def test_replay_is_refused_without_a_drafter_or_coupled_seeds():
+    replay = ["rollout.replay=true", "rollout.train_problems=16"]
+    with pytest.raises(ValueError, match="seed_mode=coupled"):
+        load_config(RLConfig, None, replay)
+    with pytest.raises(ValueError, match="engine.drafter=none"):
+        load_config(RLConfig, None, [*replay, "rollout.seed_mode=coupled", "engine.drafter=none"])
+    cfg = load_config(RLConfig, None, [*replay, "rollout.seed_mode=coupled"])
+    assert cfg.rollout.replay and cfg.rollout.train_problems == 16
