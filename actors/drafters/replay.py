@@ -181,7 +181,9 @@ class ReplayDrafter(Drafter):
         tree = merged.pop(self._lengths.get(verdict.seq_id, -1), None)
         if tree is None:
             return verdict  # the inner drafter's own tree was verified
-        children = {(p, t): node for node, (p, t) in enumerate(zip(tree.parents.tolist(), tree.tokens.tolist()))}
+        children = {
+            (p, t): node for node, (p, t) in enumerate(zip(tree.parents.tolist(), tree.tokens.tolist()))
+        }
         path, parent = [], -1
         for token in verdict.tokens:
             node = children.get((parent, token))
@@ -223,7 +225,9 @@ def merge_chain(tree: DraftTree, chain: list[int], rate: float, budget: DraftBud
     chain_nodes = set(range(len(chain)))
     scale = [1.0] * len(chain)  # per node: the factor its inner confidences carry
     union_of: list[int] = []
-    for inner_conf, token, inner_parent in zip(tree.path_confidences(), tree.tokens.tolist(), tree.parents.tolist()):
+    for inner_conf, token, inner_parent in zip(
+        tree.path_confidences(), tree.tokens.tolist(), tree.parents.tolist()
+    ):
         parent = union_of[inner_parent] if inner_parent >= 0 else -1
         node = node_of.get((parent, token))
         if node is not None and node in chain_nodes:

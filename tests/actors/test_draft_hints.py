@@ -49,7 +49,9 @@ def fresh_lm(tokenizer) -> LoadedModel:
 
 def build(drafter: str, tokenizer, **overrides) -> Engine:
     settings = dict(device="cpu", max_batch_size=4, max_model_len=256, max_draft_nodes=NODES)
-    settings |= dict(max_draft_depth=NODES, adaptive_budget=False, async_speculation=drafter.endswith("async"))
+    settings |= dict(
+        max_draft_depth=NODES, adaptive_budget=False, async_speculation=drafter.endswith("async")
+    )
     custom = {
         "ngram": NgramDrafter,
         "ngram-async": NgramDrafter,
@@ -66,7 +68,9 @@ def with_hints(hints: list[list[int]]) -> list[SamplingParams]:
 def assert_same(results, expected) -> None:
     for result, before in zip(results, expected, strict=True):
         assert result.token_ids == before.token_ids
-        torch.testing.assert_close(torch.tensor(result.logprobs), torch.tensor(before.logprobs), atol=1e-4, rtol=0)
+        torch.testing.assert_close(
+            torch.tensor(result.logprobs), torch.tensor(before.logprobs), atol=1e-4, rtol=0
+        )
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +130,9 @@ def test_a_reseeded_drafter_gets_the_rest_of_the_hint(tiny_tokenizer, plain):
     assert engine.counters["drafter_failures"] == 1
     first, *later = [hints for hints in link.hints_sent if hints]
     reseeded = later[0]  # the rest of each hint from where its request stood
-    for seq_id, hint in reseeded.items():
+    for hint in reseeded.values():
         done = len(plain[0].token_ids) - len(hint)
-        assert 0 < done and any(r.token_ids[done:] == hint for r in plain)
+        assert done > 0 and any(r.token_ids[done:] == hint for r in plain)
     for result in replayed:
         assert result.stats.steps <= math.ceil(LENGTH / NODES) + 3  # one step lost, one re-seeded
 

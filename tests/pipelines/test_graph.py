@@ -123,7 +123,9 @@ def test_a_draft_hint_crosses_to_the_drafter_actor(cluster, graphs, verifier_dir
         adaptive_budget=False,
     )
     graph = graphs(engine, "hinted")
-    sampled = [SamplingParams(max_new_tokens=length, ignore_eos=True, temperature=1.0, seed=s) for s in (1, 2)]
+    sampled = [
+        SamplingParams(max_new_tokens=length, ignore_eos=True, temperature=1.0, seed=s) for s in (1, 2)
+    ]
     plain = ray.get(graph.engine.generate.remote(PROMPTS, sampled), timeout=300)
     hinted = [dataclasses.replace(p, draft_hint=r.token_ids) for p, r in zip(sampled, plain)]
     replayed = ray.get(graph.engine.generate.remote(PROMPTS, hinted), timeout=300)

@@ -57,7 +57,9 @@ class FixedDrafter(Drafter):
 
     def propose(self, seq_ids, budgets, assume=None):
         # root -> 50 (-> 51), root -> 60
-        tree = DraftTree(0, torch.tensor([50, 60, 51]), torch.tensor([-1, -1, 0]), torch.tensor([0.5, 0.3, 0.5]))
+        tree = DraftTree(
+            0, torch.tensor([50, 60, 51]), torch.tensor([-1, -1, 0]), torch.tensor([0.5, 0.3, 0.5])
+        )
         return [DraftTree(s, tree.tokens, tree.parents, tree.draft_probs) for s in seq_ids]
 
 

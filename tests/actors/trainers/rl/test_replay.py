@@ -13,7 +13,8 @@ import torch
 from actors.engine import Engine, EngineConfig
 from actors.trainers.rl.config import RolloutConfig
 from actors.trainers.rl.loop import RLRun
-from tests.actors.trainers.rl.test_loop import LocalEngines, chat_model_dir, loop_config  # noqa: F401
+from tests.actors.trainers.rl.test_loop import LocalEngines, loop_config
+from tests.pipelines.batch.fixtures import save_tiny_chat_model
 
 NODES = 8
 REPLAY = RolloutConfig(
@@ -27,6 +28,11 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def chat_model_dir(tmp_path_factory, tiny_tokenizer, make_tiny):
+    return save_tiny_chat_model(tmp_path_factory.mktemp("rl-replay") / "policy", make_tiny, tiny_tokenizer)
 
 
 def start(model_dir, rollout: RolloutConfig, steps: int = 3) -> tuple[RLRun, LocalEngines]:
@@ -77,7 +83,7 @@ def test_with_the_weights_unchanged_the_replay_is_accepted_whole(chat_model_dir)
     assert [s.problem.index for s in after] == [s.problem.index for s in before]  # the epoch came round
     assert [s.token_ids for s in after] == [s.token_ids for s in before]  # coupled seeds
     for sample in after:
-        assert sample.steps <= math.ceil(len(sample.token_ids) / NODES) + 1, (sample.steps, len(sample.token_ids))
+        assert sample.steps <= math.ceil(len(sample.token_ids) / NODES) + 1, sample
     assert len(run.replay) == REPLAY.problems_per_step * REPLAY.n
 
     plain, engines = start(chat_model_dir, dataclasses.replace(REPLAY, replay=False))
