@@ -12,7 +12,9 @@ class Drafter(ABC):
 
     A drafter keeps its own per-sequence state (history, KV cache). The engine calls
     ``add`` once per sequence with the prompt, then repeats ``propose`` → (verify) →
-    ``commit`` until it calls ``release``.
+    ``commit`` until it calls ``release``. Draft hints (``SamplingParams.draft_hint``) need
+    nothing here: :class:`~actors.drafters.worker.DrafterWorker` drives every drafter through a
+    :class:`~actors.drafters.replay.ReplayDrafter`, which merges them into this drafter's trees.
     """
 
     #: how many of the verifier's top next tokens per step input this drafter wants in
