@@ -51,9 +51,11 @@ class EvalConfig:
             ``mean_length``); 0 = none.
         seed: their seed, distinct from training's so no training problem is evaluated.
         max_new_tokens: tokens per greedy answer (0 = ``sampling.max_new_tokens``).
-        pair_problems: on-policy runs (no ``data.dataset``): held-out problems of ``seed`` whose samples from the
-            starting policy make the held-out pairs (``pair_accuracy``); 0 = none.
-        pairs: dataset runs (``pair_problems`` unused): valid rows held out (a seeded choice) as the held-out pairs.
+        pair_problems: on-policy runs (no ``data.dataset``): held-out problems of ``seed``
+            whose samples from the starting policy make the held-out pairs (``pair_accuracy``);
+            0 = none.
+        pairs: dataset runs (``pair_problems`` unused): valid rows held out (a seeded choice)
+            as the held-out pairs.
     """
 
     problems: int = 100

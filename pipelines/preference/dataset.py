@@ -99,7 +99,9 @@ def completion_text(record: dict, column: str) -> str:
             raise ValueError(f"{column} must be one assistant message with string content")
         value = value[0]["content"]
     if not isinstance(value, str):
-        raise ValueError(f"{column} must be a string (or a list of one assistant message), got {type(value).__name__}")
+        raise ValueError(
+            f"{column} must be a string (or a list of one assistant message), got {type(value).__name__}"
+        )
     if not value.strip():
         raise ValueError(f"empty {column}")
     return value
@@ -110,7 +112,9 @@ def parse_row(record: object, tokenizer, max_length: int, number: int) -> Pair:
     if isinstance(record, ValueError):
         raise record
     if not isinstance(record, dict):
-        raise ValueError(f"a row must be an object with prompt/messages, chosen, rejected; got {type(record).__name__}")
+        raise ValueError(
+            f"a row must be an object with prompt/messages, chosen, rejected; got {type(record).__name__}"
+        )
     messages = prompt_messages(record)
     chosen, rejected = completion_text(record, "chosen"), completion_text(record, "rejected")
     if chosen == rejected:

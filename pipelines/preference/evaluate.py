@@ -58,7 +58,9 @@ def pair_accuracy(pairs: list[Pair], score, loss: LossConfig) -> dict:
     }
 
 
-def sampled_pairs(engines, task, prompter, sampling, seed: int, problems: int, response_prefix: str = "") -> list[Pair]:
+def sampled_pairs(
+    engines, task, prompter, sampling, seed: int, problems: int, response_prefix: str = ""
+) -> list[Pair]:
     """On-policy pairs of problems ``0..problems-1`` of ``seed`` from the engines' current policy
     (``sampling.n`` seeded samples each, paired as in training)."""
     from actors.messages import SamplingParams

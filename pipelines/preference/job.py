@@ -103,7 +103,13 @@ def data_stage(cfg: PreferenceConfig, engines: EnginePool) -> tuple[list[Pair], 
         if cfg.eval.pair_problems:
             log.info("[tandem preference] sampling held-out pairs from %d problems", cfg.eval.pair_problems)
             held_out = sampled_pairs(
-                engines, task, prompter, cfg.sampling, cfg.eval.seed, cfg.eval.pair_problems, cfg.task.response_prefix
+                engines,
+                task,
+                prompter,
+                cfg.sampling,
+                cfg.eval.seed,
+                cfg.eval.pair_problems,
+                cfg.task.response_prefix,
             )
         attach_reference(held_out, engines.score)
         return held_out, None, {"source": "on_policy", "held_out_pairs": len(held_out)}
@@ -113,7 +119,10 @@ def data_stage(cfg: PreferenceConfig, engines: EnginePool) -> tuple[list[Pair], 
     if len(bad) > SHOWN_BAD_ROWS:
         print(f"[tandem preference] ... and {len(bad) - SHOWN_BAD_ROWS} more bad rows", flush=True)
     if len(pairs) <= cfg.eval.pairs:
-        raise ValueError(f"{cfg.data.dataset}: {len(pairs)} good rows of {rows}, none left after eval.pairs={cfg.eval.pairs}")
+        raise ValueError(
+            f"{cfg.data.dataset}: {len(pairs)} good rows of {rows}, none left to train on after "
+            f"eval.pairs={cfg.eval.pairs}"
+        )
     chosen = set(random.Random(cfg.seed).sample(range(len(pairs)), cfg.eval.pairs))
     held_out = [p for i, p in enumerate(pairs) if i in chosen]
     train_pairs = [p for i, p in enumerate(pairs) if i not in chosen]
@@ -180,7 +189,8 @@ def summary_line(record: dict) -> str:
     history = record.get("history") or []
     last = history[-1] if history else {}
     rounds = last.get("round", -1) + 1
-    parts = [f"[tandem preference] {last.get('step', 0)} steps in {rounds} round(s), {record.get('seconds', 0):.0f}s"]
+    seconds = record.get("seconds", 0)
+    parts = [f"[tandem preference] {last.get('step', 0)} steps in {rounds} round(s), {seconds:.0f}s"]
     bad = record["data"].get("bad_rows")
     if bad is not None:
         parts.append(f"{record['data']['pairs']} training pairs, {len(bad)} bad rows left out")

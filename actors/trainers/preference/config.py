@@ -35,14 +35,18 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         if self.loss_type not in PREFERENCE_LOSSES:
-            raise ValueError(f"loss.loss_type must be one of {sorted(PREFERENCE_LOSSES)}, got {self.loss_type!r}")
+            raise ValueError(
+                f"loss.loss_type must be one of {sorted(PREFERENCE_LOSSES)}, got {self.loss_type!r}"
+            )
         if not (math.isfinite(self.beta) and self.beta > 0):
             raise ValueError(f"loss.beta must be > 0, got {self.beta}")
         if PREFERENCE_LOSSES[self.loss_type].uses_label_smoothing:
             if not 0 <= self.label_smoothing < 0.5:
                 raise ValueError(f"loss.label_smoothing must lie in [0, 0.5), got {self.label_smoothing}")
         elif self.label_smoothing:
-            raise ValueError(f"loss.loss_type={self.loss_type} does not use loss.label_smoothing: set it to 0")
+            raise ValueError(
+                f"loss.loss_type={self.loss_type} does not use loss.label_smoothing: set it to 0"
+            )
         if self.rpo_alpha < 0:
             raise ValueError(f"loss.rpo_alpha must be >= 0, got {self.rpo_alpha}")
 

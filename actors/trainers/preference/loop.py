@@ -320,10 +320,16 @@ class PreferenceRun:
                 f"the checkpoint in {folder} was written with other settings: resume with the same "
                 "config, or start a new run (another name)"
             )
-        self.step, self.round, self.round_step = int(state["step"]), int(state["round"]), int(state["round_step"])
+        self.step, self.round, self.round_step = (
+            int(state["step"]),
+            int(state["round"]),
+            int(state["round_step"]),
+        )
         self.round_metrics, self.history = dict(state["round_metrics"]), list(state["history"])
         saved = folder / PAIRS_FILE
-        self.pairs = [Pair.from_dict(row) for row in json.loads(saved.read_text())] if saved.exists() else None
+        self.pairs = (
+            [Pair.from_dict(row) for row in json.loads(saved.read_text())] if saved.exists() else None
+        )
 
 
 __all__ = ["LoopConfig", "PairStats", "PreferenceRun", "train_loop_per_worker"]

@@ -84,7 +84,9 @@ def group_pairs(group: list[Sample], sampling: SamplingConfig) -> list[Pair]:
         by_length = sorted(correct, key=lambda s: len(s.token_ids))  # stable: ties keep sample order
         short, long = by_length[0], by_length[-1]
         if len(short.token_ids) <= sampling.length_ratio * len(long.token_ids):
-            pairs.append(Pair(short.prompt_ids, short.token_ids, long.token_ids, "length", short.problem.index))
+            pairs.append(
+                Pair(short.prompt_ids, short.token_ids, long.token_ids, "length", short.problem.index)
+            )
     return pairs
 
 

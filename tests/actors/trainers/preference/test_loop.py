@@ -66,7 +66,9 @@ def chat_model_dir(tmp_path_factory, tiny_tokenizer, make_tiny):
 
 
 def engine_of(model_dir) -> LocalEngines:
-    return LocalEngines(Engine(EngineConfig(model=str(model_dir), drafter="ngram", max_batch_size=16, max_model_len=128)))
+    return LocalEngines(
+        Engine(EngineConfig(model=str(model_dir), drafter="ngram", max_batch_size=16, max_model_len=128))
+    )
 
 
 def synthetic_pairs(count: int, seed: int) -> list[Pair]:
@@ -112,7 +114,10 @@ def test_reference_logprobs_from_the_engine_equal_a_teacher_forced_forward(chat_
     pairs = attach_reference(synthetic_pairs(6, seed=1), engine_of(chat_model_dir).score)
     model = make_tiny(seed=0)  # the weights saved in chat_model_dir
     for pair in pairs:
-        for completion, stored in ((pair.chosen_ids, pair.ref_chosen_logp), (pair.rejected_ids, pair.ref_rejected_logp)):
+        for completion, stored in (
+            (pair.chosen_ids, pair.ref_chosen_logp),
+            (pair.rejected_ids, pair.ref_rejected_logp),
+        ):
             ids = torch.tensor([pair.prompt_ids + completion])
             logits = model(input_ids=ids).logits[0, len(pair.prompt_ids) - 1 : -1].float()
             expected = logits.log_softmax(-1).gather(-1, torch.tensor(completion)[:, None]).sum()
@@ -123,10 +128,14 @@ def test_a_tiny_policy_learns_synthetic_pairs(chat_model_dir):
     engines = engine_of(chat_model_dir)
     train = [p.to_dict() for p in attach_reference(synthetic_pairs(64, seed=2), engines.score)]
     held_out = attach_reference(synthetic_pairs(48, seed=3), engines.score)
-    cfg = loop_config(chat_model_dir, pairs=train, train=TrainConfig(lr=1e-2, batch_size=8, micro_batch_size=4, epochs=4))
+    cfg = loop_config(
+        chat_model_dir, pairs=train, train=TrainConfig(lr=1e-2, batch_size=8, micro_batch_size=4, epochs=4)
+    )
     run, _ = start(cfg)
     loss = LossConfig()
-    start_accuracy = pair_accuracy(held_out, engines.score, dataclasses.replace(loss, loss_type="simpo", beta=1.0))
+    start_accuracy = pair_accuracy(
+        held_out, engines.score, dataclasses.replace(loss, loss_type="simpo", beta=1.0)
+    )
     drive(run, engines)
     assert run.step == 32 and run.history[-1]["rewards/accuracies"] > 0.9
     end = pair_accuracy(held_out, engines.score, loss)  # the engine holds the final policy
@@ -146,7 +155,9 @@ def test_the_step_does_not_depend_on_the_micro_batch_size(chat_model_dir):
         drive(run, None)
         steps.append(run.history[0])
     for key in ("loss", "nll_loss", "grad_norm", "rewards/margins", "logps/chosen"):
-        assert steps[0][key] == pytest.approx(steps[1][key], rel=1e-5) == pytest.approx(steps[2][key], rel=1e-5)
+        assert (
+            steps[0][key] == pytest.approx(steps[1][key], rel=1e-5) == pytest.approx(steps[2][key], rel=1e-5)
+        )
 
 
 def test_on_policy_rounds_sample_from_the_synced_policy(chat_model_dir):
@@ -155,9 +166,18 @@ def test_on_policy_rounds_sample_from_the_synced_policy(chat_model_dir):
     rounds = {h["round"] for h in run.history}
     assert rounds == {0, 1} and engines.engine.policy_version == 2
     first = next(h for h in run.history if h["round"] == 0)
-    assert first["pairs/groups"] == 8 and first["pairs/total"] == first["pairs/correctness"] + first["pairs/length"]
+    assert (
+        first["pairs/groups"] == 8
+        and first["pairs/total"] == first["pairs/correctness"] + first["pairs/length"]
+    )
     assert 0 <= first["pairs/skipped_groups"] < 8
-    assert {"rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen"} <= set(first)
+    assert {
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+    } <= set(first)
     assert [h["policy_version"] for h in run.history] == [h["round"] for h in run.history]
 
 
