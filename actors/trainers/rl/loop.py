@@ -64,6 +64,22 @@ class LoopConfig:
     expanded: dict = field(default_factory=dict)
 
 
+#: settings added after runs were first checkpointed, at the values those runs had
+ADDED_SETTINGS = {"rollout": {"train_problems": 0, "replay": False}}
+
+
+def backfilled(recorded: dict | None) -> dict | None:
+    """A checkpoint's recorded settings with :data:`ADDED_SETTINGS` it predates filled in, so a
+    run saved before they existed resumes (it ran with exactly those values)."""
+    if not isinstance(recorded, dict):
+        return recorded
+    filled = dict(recorded)
+    for section, defaults in ADDED_SETTINGS.items():
+        if isinstance(filled.get(section), dict):
+            filled[section] = defaults | filled[section]
+    return filled
+
+
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train entry point: ``config["loop"]`` is a :class:`LoopConfig`."""
     import ray.train
@@ -282,7 +298,7 @@ class RLRun:
 
     def restore(self, folder: Path) -> None:
         state = self.trainer.restore(folder)
-        if state.get("config") != self.cfg.expanded:
+        if backfilled(state.get("config")) != self.cfg.expanded:
             raise ValueError(
                 f"the checkpoint in {folder} was written with other settings: resume with the same "
                 "config, or start a new run (another name)"

@@ -12,7 +12,7 @@ import torch
 
 from actors.engine import Engine, EngineConfig
 from actors.trainers.rl.config import RolloutConfig
-from actors.trainers.rl.loop import RLRun
+from actors.trainers.rl.loop import RLRun, backfilled
 from tests.actors.trainers.rl.test_loop import LocalEngines, loop_config
 from tests.pipelines.batch.fixtures import save_tiny_chat_model
 
@@ -104,3 +104,14 @@ def test_a_learning_run_is_the_same_with_and_without_replay(chat_model_dir):
         assert [h[key] for h in history] == [h[key] for h in plain_history], key
     weights, plain_weights = with_replay.trainer.policy.state_dict(), without.trainer.policy.state_dict()
     assert all(torch.equal(weights[k], plain_weights[k]) for k in weights)
+
+
+def test_a_run_saved_before_replay_existed_resumes():
+    before = {"rollout": {"n": 4, "seed_mode": "fresh"}, "steps": 3}
+    assert backfilled(before) == {
+        "rollout": {"n": 4, "seed_mode": "fresh", "train_problems": 0, "replay": False},
+        "steps": 3,
+    }
+    newer = {"rollout": {"n": 4, "train_problems": 8, "replay": True}}
+    assert backfilled(newer) == newer
+    assert backfilled({"algorithm": {}}) == {"algorithm": {}} and backfilled(None) is None
