@@ -22,7 +22,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels.tree_attention import TreeMetadata
+from kernels.tree_metadata import TreeMetadata
 
 LOG2E = 1.4426950408889634
 
