@@ -138,7 +138,7 @@ def test_ray_job_submit_trains_on_an_s3_dataset_into_s3(chat_model_dir, tmp_path
     args += [f"data.dataset=s3://{BUCKET}/pairs/*.jsonl", "eval.pairs=8", "eval.problems=2"]
     args += ["task.name=token_share", "sampling.max_new_tokens=6", "train.lr=1e-2", "train.batch_size=4"]
     args += ["train.epochs=2", "checkpoint_every=5", "name=submitted", f"storage_path=s3://{BUCKET}/runs"]
-    args += [f"metrics_out={metrics}", "workers.cpus_per_worker=1"]
+    args += [f"metrics_out={metrics}", "workers.num_workers=2", "workers.cpus_per_worker=1"]  # DDP
     with moto_s3(BUCKET) as s3:
         s3.put_object(Bucket=BUCKET, Key="pairs/part-0.jsonl", Body="\n".join(preference_lines()).encode())
         head = LocalHead(num_cpus=4).start()
