@@ -21,11 +21,18 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from actors.trainers.rl.tasks import base
+import actors.trainers.rl.tasks.base as base
 
 _STRICT_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _LENIENT_NUMBER = re.compile(r"(?:(?<![\w.)])-)?(?<![\w.])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?!\w)")
 _ALLOWED_OPS = "+-*"
+_STYLES = {
+    "equation": "{expression} = {answer}\n<answer>{answer}</answer>",
+    "verbose": (
+        "We need to compute {expression}. Let me work it out carefully, one step at a time. "
+        "{expression} = {answer}.\n<answer>{answer}</answer>"
+    ),
+}
 
 
 def evaluate_chain(terms: list[int], ops: list[str]) -> int:
@@ -72,11 +79,15 @@ class ArithmeticTask:
         digits: digits per term (terms are drawn uniformly from ``[10^(d-1), 10^d - 1]``).
         terms: how many terms (at least 2).
         ops: the operators to draw from, a non-empty subset of ``"+-*"``.
+        demonstration_style: how few-shot examples answer: ``equation`` (``7 - 9 = -2`` then the
+            tag) or ``verbose`` (a sentence of filler first: a base policy that says more than it
+            needs, for the length-aware demos).
     """
 
     digits: int = 2
     terms: int = 2
     ops: str = "+-*"
+    demonstration_style: str = "equation"
 
     def __post_init__(self) -> None:
         if not isinstance(self.digits, int) or self.digits < 1:
@@ -86,6 +97,11 @@ class ArithmeticTask:
         if not self.ops or set(self.ops) - set(_ALLOWED_OPS):
             raise ValueError(
                 f"arithmetic knob ops must be a non-empty subset of {_ALLOWED_OPS!r}, got {self.ops!r}"
+            )
+        if self.demonstration_style not in _STYLES:
+            raise ValueError(
+                f"arithmetic knob demonstration_style must be one of {sorted(_STYLES)}, "
+                f"got {self.demonstration_style!r}"
             )
 
     def problem(self, seed: int, index: int) -> base.Problem:
@@ -101,8 +117,10 @@ class ArithmeticTask:
         return base.Problem(task=self.name, index=index, prompt=prompt, answer=str(truth), data=data)
 
     def demonstration(self, problem: base.Problem) -> str:
-        """A worked answer, for few-shot examples: the expression with its value, then the tag."""
-        return f"{problem.data['expression']} = {problem.answer}\n<answer>{problem.answer}</answer>"
+        """A worked answer, for few-shot examples: the expression with its value, then the tag
+        (``verbose``: after a sentence of filler that a length-aware reward can teach away)."""
+        expression, answer = problem.data["expression"], problem.answer
+        return _STYLES[self.demonstration_style].format(expression=expression, answer=answer)
 
     def score(self, problem: base.Problem, completion: str) -> base.Score:
         truth = int(problem.answer)

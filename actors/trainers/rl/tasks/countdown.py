@@ -30,7 +30,7 @@ from collections import Counter
 from dataclasses import dataclass
 from fractions import Fraction
 
-from actors.trainers.rl.tasks import base
+import actors.trainers.rl.tasks.base as base
 
 #: longest answer the checker parses; a real solution over 4 numbers is far shorter
 MAX_EXPRESSION_CHARS = 200

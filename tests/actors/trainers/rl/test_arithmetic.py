@@ -92,3 +92,14 @@ def test_parsers():
     assert last_number("1,234,567 and then") == 1234567
     assert last_number("pi is 3.14") == pytest.approx(3.14)
     assert last_number("no digits") is None
+
+
+def test_demonstration_styles_end_in_the_strict_answer():
+    for style in ("equation", "verbose"):
+        task = build_task("arithmetic", digits=1, terms=2, ops="-", demonstration_style=style)
+        problem = task.problem(seed=-1, index=0)
+        shown = task.demonstration(problem)
+        assert shown.startswith("We need") == (style == "verbose")
+        assert task.score(problem, shown).correct, shown
+    with pytest.raises(ValueError, match="demonstration_style"):
+        build_task("arithmetic", demonstration_style="chatty")
