@@ -129,7 +129,7 @@ def test_a_tiny_policy_learns_synthetic_pairs(chat_model_dir):
     train = [p.to_dict() for p in attach_reference(synthetic_pairs(64, seed=2), engines.score)]
     held_out = attach_reference(synthetic_pairs(48, seed=3), engines.score)
     cfg = loop_config(
-        chat_model_dir, pairs=train, train=TrainConfig(lr=1e-2, batch_size=8, micro_batch_size=4, epochs=4)
+        chat_model_dir, pairs=train, train=TrainConfig(lr=1e-2, batch_size=8, micro_batch_size=8, epochs=4)
     )
     run, _ = start(cfg)
     loss = LossConfig()
