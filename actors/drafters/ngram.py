@@ -75,8 +75,9 @@ class NgramDrafter(Drafter):
     verifier's stored probability; for heads, the head's probability. Kinds: lookup first edge by
     match length n, lookup follow-on edge by n, recycled edge, then one per head. Each factor is
     the decayed ratio of accepted drafts to the raw score mass drafted, so over- or
-    under-confident sources correct themselves. A node's
-    ``draft_probs`` entry is the product of edge confidences from the root (its path confidence).
+    under-confident sources correct themselves. A node's ``draft_probs`` entry is its edge
+    confidence (as :class:`DraftTree` defines it), so ``path_confidences()`` — the product from the
+    root, which the tree is built best-first by — reads what the search used.
 
     Args:
         max_ngram: longest suffix n-gram looked up (n runs from it down to 1).
@@ -326,11 +327,13 @@ class NgramDrafter(Drafter):
         new_index = {old: new for new, old in enumerate(order)}
         bfs_parents = [new_index[parents[i]] if parents[i] >= 0 else -1 for i in order]
         sequence.proposed[len(sequence.history)] = (bfs_parents, [credits[i] for i in order])
+        # the search ranks path confidences; the tree carries each edge's (path / parent's path)
+        edges = [confidences[i] / (confidences[parents[i]] if parents[i] >= 0 else 1.0) for i in order]
         return DraftTree(
             seq_id,
             torch.tensor([tokens[i] for i in order], dtype=torch.long),
             torch.tensor(bfs_parents, dtype=torch.long),
-            torch.tensor([confidences[i] for i in order], dtype=torch.float32),
+            torch.tensor(edges, dtype=torch.float32),
         )
 
     # -- learning from verdicts -----------------------------------------------------------

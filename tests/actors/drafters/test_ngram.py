@@ -16,7 +16,7 @@ def assert_valid_tree(tree: DraftTree, budget: DraftBudget) -> None:
     assert tree.draft_probs.dtype == torch.float32
     assert tree.tokens.shape == tree.parents.shape == tree.draft_probs.shape == (n,)
     assert n <= budget.max_nodes
-    parents, probs, tokens = tree.parents.tolist(), tree.draft_probs.tolist(), tree.tokens.tolist()
+    parents, probs, tokens = tree.parents.tolist(), tree.path_confidences(), tree.tokens.tolist()
     depths = tree.depths().tolist()
     assert depths == sorted(depths), "not BFS order"
     assert all(d <= budget.max_depth for d in depths)
@@ -87,7 +87,7 @@ def test_prompt_lookup_proposes_continuation_of_repeated_pattern():
     assert tree.seq_id == 7
     assert int(tree.tokens[0]) == 4 and int(tree.parents[0]) == -1
     assert [4, 5, 6, 7] in paths(tree)
-    best_leaf = max(range(len(tree)), key=lambda i: (tree.depths()[i], tree.draft_probs[i]))
+    best_leaf = max(range(len(tree)), key=lambda i: (tree.depths()[i], tree.path_confidences()[i]))
     assert paths(tree)[best_leaf] == [4, 5, 6, 7]
 
 
@@ -161,9 +161,22 @@ def test_threshold_prunes_unlikely_nodes():
         drafter.add(0, [100])
         drafter.commit([recycling_verdict(0, [10], table)])
         (tree,) = drafter.propose([0], [DraftBudget(max_nodes=8, max_depth=3)])
-        assert all(p >= threshold for p in tree.draft_probs.tolist())
+        assert all(p >= threshold for p in tree.path_confidences())
         sizes[threshold] = len(tree)
     assert sizes == {0.0: 3, 0.1: 2, 0.5: 1}
+
+
+def test_draft_probs_are_edge_confidences_and_paths_multiply_them():
+    """The tree carries each edge's confidence; the budget reads path_confidences() (their product
+    from the root), which must be the confidence the best-first search ranked the node by."""
+    table = {10: [(11, 0.9), (12, 0.05)], 11: [(13, 0.3)]}
+    drafter = NgramDrafter(threshold=0.0, recycle_prior=1.0)
+    drafter.add(0, [100])
+    drafter.commit([recycling_verdict(0, [10], table)])
+    (tree,) = drafter.propose([0], [DraftBudget(max_nodes=8, max_depth=3)])
+    assert tree.tokens.tolist() == [11, 12, 13]
+    assert tree.draft_probs.tolist() == pytest.approx([0.9, 0.05, 0.3])
+    assert tree.path_confidences() == pytest.approx([0.9, 0.05, 0.27])
 
 
 def test_acceptance_feedback_moves_lookup_confidence():
