@@ -34,6 +34,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    tiny models gain nothing from threads, and on a loaded 2-core machine OpenMP threads waiting
+    for each other made a step 20x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     """A word-level tokenizer over 64 symbols ("t0" .. "t61", plus <eos> and <pad>)."""

@@ -1,6 +1,6 @@
 """What every job and benchmark writes beside its numbers: the command that reproduces it, PNG
-figures (one writer for all of them) and its block in a markdown file such as
-``docs/benchmarks.md`` (one upsert for all of them)."""
+figures (one writer for all of them, and the training jobs' record with its curves) and its block
+in a markdown file such as ``docs/benchmarks.md`` (one upsert for all of them)."""
 
 from __future__ import annotations
 
@@ -49,6 +49,45 @@ def figure(
         fig.savefig(path, dpi=dpi)
     finally:
         plt.close(fig)
+
+
+#: a figure's panels: ``(title, metric keys drawn in it)``, filled row by row
+Panels = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+def write_record(
+    path: str | Path, record: dict, panels: Panels, held_out: tuple[str, str, str]
+) -> tuple[Path, Path]:
+    """Write a training run's ``record`` (``history``: a row of metrics per step; ``eval``: its
+    held-out evaluations) as JSON at ``path``, and its curves (:func:`plot_history`) as ``path``
+    with ``.png``."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(record, indent=1))
+    plot = out.with_suffix(".png")
+    plot_history(record["history"], record.get("eval", {}), plot, panels, held_out)
+    return out, plot
+
+
+def plot_history(
+    history: list[dict], evaluation: dict, path: Path, panels: Panels, held_out: tuple[str, str, str]
+) -> None:
+    """Six ``panels`` over steps (2×3); ``held_out = (panel title, metric, label)``: the metric of
+    ``evaluation``'s ``start`` and ``end`` drawn as red markers in that panel, when both exist."""
+    panel, metric, label = held_out
+    with figure(path, 2, 3, size=(13, 6.5), dpi=100) as (_, axes):
+        for ax, (title, keys) in zip(axes.flat, panels):
+            for key in keys:
+                points = [(row["step"], row[key]) for row in history if key in row]
+                if points:
+                    ax.plot(*zip(*points), marker=".", label=key)
+            values = [evaluation.get(when, {}).get(metric) for when in ("start", "end")]
+            if title == panel and None not in values:
+                steps = [0, history[-1]["step"] if history else 0]
+                ax.plot(steps, values, "r--o", label=label)
+            ax.set(title=title, xlabel="step")
+            if ax.has_data():
+                ax.legend(fontsize=7)
 
 
 def upsert_section(text: str, block: str, begin: str, end: str) -> str:

@@ -1,5 +1,5 @@
 """Held-out evaluation of the policy the engine actors hold: the implicit reward's accuracy on
-held-out pairs, and greedy answers to held-out task problems (``pipelines/rl/evaluate.py``).
+held-out pairs, and greedy answers to held-out task problems (``pipelines/common/evaluate.py``).
 
 The held-out pairs are made once, at the start, from the starting policy (on-policy runs: its
 samples of ``eval.pair_problems`` problems of ``eval.seed``; dataset runs: ``eval.pairs`` rows

@@ -4,27 +4,20 @@ evaluation with the trained weights in the same engines, the record."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import os
 import random
-import tempfile
 import time
-from pathlib import Path
 
 from actors.trainers.preference.loop import LoopConfig, train_loop_per_worker
 from actors.trainers.preference.pairs import Pair, attach_reference
 from actors.trainers.rl.engines import EnginePool
-from actors.trainers.rl.rollout import Prompter
-from actors.trainers.rl.tasks import build_task
+from pipelines.common import engine_jobs
+from pipelines.common.evaluate import evaluate
 from pipelines.common.training import fit
-from pipelines.graph import GraphConfig, start_graph
 from pipelines.preference.config import PreferenceConfig
 from pipelines.preference.dataset import load_pairs
 from pipelines.preference.evaluate import pair_accuracy, sampled_pairs
 from pipelines.preference.report import write_record
-from pipelines.rl.evaluate import evaluate, mcnemar
 
 log = logging.getLogger(__name__)
 
@@ -33,72 +26,29 @@ FREE_ON_RESUME = ("rounds", "eval", "metrics_out", "checkpoint_every", "sync_tim
 SHOWN_BAD_ROWS = 10
 
 
-def expanded(cfg: PreferenceConfig) -> dict:
-    """The run's settings as recorded (credentials left out), as JSON reads them back."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg) | {"s3": None}))
-
-
-def trajectory_settings(cfg: PreferenceConfig) -> dict:
-    """The expanded settings a resume must match."""
-    return {key: value for key, value in expanded(cfg).items() if key not in FREE_ON_RESUME}
-
-
 def main(cfg: PreferenceConfig) -> dict:
     """Run (or resume) ``cfg``; print a summary line and return the record."""
-    import ray
-
     began = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
-    graphs = [
-        start_graph(
-            GraphConfig(engine=cfg.engine, drafter=cfg.drafter, verifier=cfg.verifier, name=f"{cfg.name}-{i}")
-        )
-        for i in range(cfg.sampling.engines)
-    ]
-    names = [f"{cfg.name}-{i}-verifier" for i in range(cfg.sampling.engines)]
-    namespace = ray.get_runtime_context().namespace
-    try:
+    with engine_jobs.engine_graphs(cfg, cfg.sampling.engines) as (names, namespace):
         engines = EnginePool(names, namespace, cfg.sampling.timeout_s, cfg.sync_timeout_s)
-        record = {"config": expanded(cfg), "eval": {}}
+        record = {"config": engine_jobs.expanded(cfg), "eval": {}}
         held_out, train_pairs, record["data"] = data_stage(cfg, engines)
         evaluation = evaluator(cfg, engines, held_out)
         record["eval"]["start"] = evaluation()
         result = train(cfg, names, namespace, train_pairs)
-        record["history"] = final_history(result)
+        record["history"], _ = engine_jobs.final_checkpoint(result)
         record["eval"]["end"] = evaluation()
-        if "correct" in record["eval"]["start"]:
-            before, after = record["eval"]["start"]["correct"], record["eval"]["end"]["correct"]
-            record["eval"]["paired_test"] = mcnemar(before, after)
-        record["checkpoint"] = result.checkpoint.path
-        record["seconds"] = time.perf_counter() - began
-    finally:
-        for graph in graphs:
-            ray.kill(graph.engine)
-            if graph.drafter is not None:
-                ray.kill(graph.drafter)
-    if cfg.metrics_out:
-        write_record(cfg.metrics_out, record)
-    print(summary_line(record), flush=True)
-    return record
-
-
-def tokenizer_of(cfg: PreferenceConfig):
-    from transformers import AutoTokenizer
-
-    from actors.models import resolve_path
-
-    return AutoTokenizer.from_pretrained(resolve_path(cfg.engine.model))
+        engine_jobs.close_record(record, result, began)
+    return engine_jobs.publish(record, cfg.metrics_out, write_record, summary_line)
 
 
 def data_stage(cfg: PreferenceConfig, engines: EnginePool) -> tuple[list[Pair], list[dict] | None, dict]:
     """The held-out pairs, round 0's training pairs (a dataset's; None when on-policy) and what
     the stage did. Every pair gets its reference log-probs from the engines (the starting
     policy), teacher-forced, once."""
-    tokenizer = tokenizer_of(cfg)
+    tokenizer = engine_jobs.tokenizer_of(cfg.engine.model)
     if not cfg.data.dataset:
-        task = build_task(cfg.task.name, **cfg.task.knobs)
-        prompter = Prompter(tokenizer, task, cfg.task.few_shot, cfg.task.response_prefix)
+        task, prompter = engine_jobs.task_prompter(cfg, tokenizer)
         held_out = []
         if cfg.eval.pair_problems:
             log.info("[tandem preference] sampling held-out pairs from %d problems", cfg.eval.pair_problems)
@@ -142,8 +92,7 @@ def data_stage(cfg: PreferenceConfig, engines: EnginePool) -> tuple[list[Pair], 
 def evaluator(cfg: PreferenceConfig, engines: EnginePool, held_out: list[Pair]):
     """A function that evaluates the engines' current policy: the implicit reward on the held-out
     pairs, greedy answers to ``eval.problems`` task problems, and the ``seed`` they use."""
-    task = build_task(cfg.task.name, **cfg.task.knobs)
-    prompter = Prompter(tokenizer_of(cfg), task, cfg.task.few_shot, cfg.task.response_prefix)
+    task, prompter = engine_jobs.task_prompter(cfg)
     tokens = cfg.eval.max_new_tokens or cfg.sampling.max_new_tokens
 
     def run() -> dict:
@@ -159,30 +108,14 @@ def evaluator(cfg: PreferenceConfig, engines: EnginePool, held_out: list[Pair]):
 def train(cfg: PreferenceConfig, names: list[str], namespace: str, pairs: list[dict] | None):
     """The rounds on the Ray Train workers; resumes a run of the same name."""
     loop = LoopConfig(
-        model=cfg.engine.model,
-        engines=names,
-        namespace=namespace,
-        task=cfg.task,
+        **engine_jobs.controller_settings(cfg, names, namespace, cfg.train.threads, FREE_ON_RESUME),
         sampling=cfg.sampling,
         loss=cfg.loss,
         train=cfg.train,
         rounds=cfg.rounds,
         pairs=pairs,
-        seed=cfg.seed,
-        checkpoint_every=cfg.checkpoint_every,
-        sync_timeout_s=cfg.sync_timeout_s,
-        strategy=cfg.workers.strategy,
-        threads=cfg.train.threads or max(1, int(cfg.workers.cpus_per_worker)),
-        expanded=trajectory_settings(cfg),
     )
     return fit(train_loop_per_worker, {"loop": loop}, cfg.workers, cfg.name, cfg.storage_path, cfg.s3)
-
-
-def final_history(result) -> list[dict]:
-    """Every step's metrics (resumed parts included), from the final checkpoint."""
-    with tempfile.TemporaryDirectory(prefix="preference-") as scratch:
-        result.checkpoint.to_directory(scratch)
-        return json.loads((Path(scratch) / "trainer_state.json").read_text())["history"]
 
 
 def summary_line(record: dict) -> str:

@@ -3,23 +3,15 @@ Ray Train, the final evaluation with the trained weights in the same engines, th
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
-import os
-import tempfile
 import time
-from pathlib import Path
 
 from actors.trainers.rl.engines import EnginePool
 from actors.trainers.rl.loop import LoopConfig, train_loop_per_worker
-from actors.trainers.rl.rollout import Prompter
-from actors.trainers.rl.tasks import build_task
-from pipelines.common.storage import read_safetensors
+from pipelines.common import engine_jobs
+from pipelines.common.evaluate import evaluate
 from pipelines.common.training import fit
-from pipelines.graph import GraphConfig, start_graph
 from pipelines.rl.config import RLConfig
-from pipelines.rl.evaluate import evaluate, mcnemar
 from pipelines.rl.report import write_record
 from pipelines.rl.speculation import compare
 
@@ -30,71 +22,34 @@ log = logging.getLogger(__name__)
 FREE_ON_RESUME = ("steps", "eval", "metrics_out", "checkpoint_every", "sync_timeout_s", "s3")
 
 
-def expanded(cfg: RLConfig) -> dict:
-    """The run's settings as recorded (credentials left out), as JSON reads them back."""
-    return json.loads(json.dumps(dataclasses.asdict(cfg) | {"s3": None}))
-
-
-def trajectory_settings(cfg: RLConfig) -> dict:
-    """The expanded settings a resume must match."""
-    return {key: value for key, value in expanded(cfg).items() if key not in FREE_ON_RESUME}
-
-
 def main(cfg: RLConfig) -> dict:
     """Run (or resume) ``cfg``; print a summary line and return the record."""
-    import ray
-
     began = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
-    graphs = [
-        start_graph(
-            GraphConfig(engine=cfg.engine, drafter=cfg.drafter, verifier=cfg.verifier, name=f"{cfg.name}-{i}")
-        )
-        for i in range(cfg.rollout.engines)
-    ]
-    names = [f"{cfg.name}-{i}-verifier" for i in range(cfg.rollout.engines)]
-    namespace = ray.get_runtime_context().namespace
-    try:
+    with engine_jobs.engine_graphs(cfg, cfg.rollout.engines) as (names, namespace):
         engines = EnginePool(names, namespace, cfg.rollout.timeout_s, cfg.sync_timeout_s)
-        record = {"config": expanded(cfg), "eval": {}, "speculation": []}
+        record = {"config": engine_jobs.expanded(cfg), "eval": {}, "speculation": []}
         evaluation = held_out(cfg, engines)
         if evaluation:
             record["eval"]["start"] = evaluation()
         if cfg.eval.speculation_problems:
             record["speculation"].append(compare(cfg, None, "start"))
         result = train(cfg, names, namespace)
-        record["history"], weights = final_checkpoint(result, weights=bool(cfg.eval.speculation_problems))
+        record["history"], weights = engine_jobs.final_checkpoint(
+            result, weights=bool(cfg.eval.speculation_problems)
+        )
         if weights is not None:
             record["speculation"].append(compare(cfg, weights, "end"))
         if evaluation:
             record["eval"]["end"] = evaluation()
-            before, after = record["eval"]["start"]["correct"], record["eval"]["end"]["correct"]
-            record["eval"]["paired_test"] = mcnemar(before, after)
-        record["checkpoint"] = result.checkpoint.path
-        record["seconds"] = time.perf_counter() - began
-    finally:
-        for graph in graphs:
-            ray.kill(graph.engine)
-            if graph.drafter is not None:
-                ray.kill(graph.drafter)
-    if cfg.metrics_out:
-        write_record(cfg.metrics_out, record)
-    print(summary_line(record), flush=True)
-    return record
+        engine_jobs.close_record(record, result, began)
+    return engine_jobs.publish(record, cfg.metrics_out, write_record, summary_line)
 
 
 def held_out(cfg: RLConfig, engines: EnginePool):
     """A function that evaluates the engines' current policy, or None when ``eval.problems`` is 0."""
     if not cfg.eval.problems:
         return None
-    from transformers import AutoTokenizer
-
-    from actors.models import resolve_path
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_path(cfg.engine.model))
-    task = build_task(cfg.task.name, **cfg.task.knobs)
-    prompter = Prompter(tokenizer, task, cfg.task.few_shot, cfg.task.response_prefix)
+    task, prompter = engine_jobs.task_prompter(cfg)
     tokens = cfg.eval.max_new_tokens or cfg.rollout.max_new_tokens
 
     def run() -> dict:
@@ -107,32 +62,14 @@ def held_out(cfg: RLConfig, engines: EnginePool):
 def train(cfg: RLConfig, names: list[str], namespace: str):
     """The controller loop on the Ray Train workers; resumes a run of the same name."""
     loop = LoopConfig(
-        model=cfg.engine.model,
-        engines=names,
-        namespace=namespace,
-        task=cfg.task,
+        **engine_jobs.controller_settings(cfg, names, namespace, cfg.optim.threads, FREE_ON_RESUME),
         rollout=cfg.rollout,
         algorithm=cfg.algorithm,
         reward=cfg.reward,
         optim=cfg.optim,
         steps=cfg.steps,
-        seed=cfg.seed,
-        checkpoint_every=cfg.checkpoint_every,
-        sync_timeout_s=cfg.sync_timeout_s,
-        strategy=cfg.workers.strategy,
-        threads=cfg.optim.threads or max(1, int(cfg.workers.cpus_per_worker)),
-        expanded=trajectory_settings(cfg),
     )
     return fit(train_loop_per_worker, {"loop": loop}, cfg.workers, cfg.name, cfg.storage_path, cfg.s3)
-
-
-def final_checkpoint(result, weights: bool) -> tuple[list[dict], dict | None]:
-    """From one download of the final checkpoint: every step's metrics (resumed parts included)
-    and, when ``weights``, the policy's weights."""
-    with tempfile.TemporaryDirectory(prefix="rl-") as scratch:
-        result.checkpoint.to_directory(scratch)
-        history = json.loads((Path(scratch) / "trainer_state.json").read_text())["history"]
-        return history, read_safetensors(str(Path(scratch) / "model.safetensors")) if weights else None
 
 
 def summary_line(record: dict) -> str:

@@ -34,12 +34,7 @@ PARAMS = [
 DRAFTERS = ["ngram", "ngram-async", "model", "hint-only"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fresh_lm(tokenizer) -> LoadedModel:

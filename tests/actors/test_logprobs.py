@@ -76,14 +76,7 @@ def build_engine(drafter: str, tokenizer, **overrides) -> tuple[Engine, torch.nn
     return Engine(config, LoadedModel(model, tokenizer, "tiny"), custom), reference
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a loaded 2-core machine OpenMP threads
-    waiting for each other made a step 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,7 @@ PROMPTS = [[1, 2, 3, 1, 2, 3, 4], [5, 6, 7, 8, 9, 5, 6, 7], [10, 11]]
 NEW_TOKENS = 20
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads; on a loaded 2-core machine they slow steps 20x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def hf_greedy(model, prompt: list[int]) -> list[int]:

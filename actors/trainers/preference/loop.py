@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import statistics
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from actors.messages import SamplingParams
 from actors.models import load_model
+from actors.trainers import controller
 from actors.trainers.preference.batch import micro_batches
 from actors.trainers.preference.config import LossConfig, SamplingConfig, TrainConfig
 from actors.trainers.preference.pairs import Pair, PairStats, attach_reference, build_pairs
@@ -37,92 +35,48 @@ PAIRS_FILE = "pairs.json"
 
 
 @dataclass
-class LoopConfig:
-    """What the loop needs (``pipelines/preference`` builds it from ``PreferenceConfig``).
+class LoopConfig(controller.ControllerConfig):
+    """What the loop needs (``pipelines/preference`` builds it from ``PreferenceConfig``): the
+    fields of :class:`ControllerConfig` (``checkpoint_every``: and at the end of every round) and
 
     Attributes:
-        model: the policy's model spec (the engines' ``engine.model``).
-        engines: the engine actors' names; namespace: their Ray namespace.
         task, sampling, loss, train: the loop's parts.
         rounds: rounds of the run (round 0 uses ``pairs`` when given).
         pairs: round 0's pairs (a dataset's, scored), as :meth:`Pair.to_dict` rows; None =
             every round on-policy.
-        seed: the run's seed.
-        checkpoint_every: checkpoint every this many steps (and at the end of every round).
-        sync_timeout_s: a weight sync slower than this raises.
-        strategy: ``ddp`` or ``deepspeed``.
-        threads: torch threads per worker (0 = torch's default).
-        expanded: the settings that shape the trajectory (recorded; a resume with others is refused).
     """
 
-    model: str
-    engines: list[str]
-    namespace: str | None = None
+    checkpoint_every: int = 10
     task: TaskConfig = field(default_factory=TaskConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     rounds: int = 1
     pairs: list[dict] | None = None
-    seed: int = 0
-    checkpoint_every: int = 10
-    sync_timeout_s: float = 300.0
-    strategy: str = "ddp"
-    threads: int = 0
-    expanded: dict = field(default_factory=dict)
 
 
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train entry point: ``config["loop"]`` is a :class:`LoopConfig`."""
-    import ray.train
-    import torch.distributed as dist
-    from ray.train.torch import get_device
-
-    from actors.trainers.rl.engines import EnginePool
-
     cfg: LoopConfig = config["loop"]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(cfg.seed)
-    run = PreferenceRun(cfg, rank, world, get_device())
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            run.restore(Path(folder))
-    engines = None
-    if rank == 0:
-        engines = EnginePool(cfg.engines, cfg.namespace, cfg.sampling.timeout_s, cfg.sync_timeout_s)
-    scratch = Path(tempfile.mkdtemp(prefix="preference-"))
-    try:
+    worker = controller.worker_run(cfg, PreferenceRun, cfg.sampling.timeout_s, "preference-")
+    with worker as (run, engines, dist, scratch):
         reported = False
         while run.round < cfg.rounds:
-            for metrics in run.round_steps(engines, dist if world > 1 else None):
+            for metrics in run.round_steps(engines, dist):
                 report(run, metrics, scratch)
                 reported = True
         if not reported:  # a finished run re-run: its last state again, so the result has a checkpoint
             report(run, run.history[-1] if run.history else {"step": run.step}, scratch, force=True)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def report(run: PreferenceRun, metrics: dict, scratch: Path, force: bool = False) -> None:
     """Report the step's metrics to Ray Train, with a checkpoint every ``checkpoint_every`` steps
     and at the end of every round."""
-    import ray.train
-    from ray.train import Checkpoint
-
     if run.rank == 0 and not force:
         print(progress_line(metrics, run.cfg.rounds), flush=True)
     round_end = metrics.get("round_step") == metrics.get("round_steps")
-    if not force and run.step % run.cfg.checkpoint_every and not round_end:
-        ray.train.report(metrics)
-        return
-    folder = run.save(scratch / f"step_{run.step}")
-    name = f"checkpoint_{run.step:06d}"
-    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name)
-    shutil.rmtree(folder, ignore_errors=True)  # persisted by now
+    due = force or not run.step % run.cfg.checkpoint_every or round_end
+    controller.report_step(run, metrics, scratch, checkpoint=due)
 
 
 def progress_line(m: dict, rounds: int, width: int = 20) -> str:
@@ -142,28 +96,19 @@ def shuffle_seed(seed: int, round_: int, epoch: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
-class PreferenceRun:
-    """One worker's side of the run: the trainer, the round and step counters, the round's
-    pairs, the history.
-
-    Args:
-        cfg: the loop's settings.
-        rank, world: this worker and the worker count.
-        device: where the policy trains.
-    """
+class PreferenceRun(controller.ControllerRun):
+    """One worker's side of the run (see :class:`ControllerRun`): the trainer, the round and
+    step counters, the round's pairs, the history."""
 
     def __init__(self, cfg: LoopConfig, rank: int, world: int, device: torch.device):
-        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        super().__init__(cfg, rank, world, device)
         train = cfg.train
         if train.batch_size % world:
             raise ValueError(f"train.batch_size={train.batch_size} must split over {world} workers")
         micro_steps = -(-(train.batch_size // world) // train.micro_batch_size)
         loaded = load_model(cfg.model, "float32")
-        wrap = None
-        if world > 1 and cfg.strategy == "ddp":
-            from ray.train.torch import prepare_model as wrap
         self.trainer = PreferenceTrainer(
-            loaded.model.to(device), train, cfg.loss, world, cfg.strategy, micro_steps, wrap
+            loaded.model.to(device), train, cfg.loss, world, cfg.strategy, micro_steps, self.ddp_wrap
         )
         self.task = build_task(cfg.task.name, **cfg.task.knobs)
         self.prompter = Prompter(loaded.tokenizer, self.task, cfg.task.few_shot, cfg.task.response_prefix)
@@ -225,12 +170,7 @@ class PreferenceRun:
         first = self.round * sampling.problems_per_round
         problems = [self.task.problem(cfg.seed, first + i) for i in range(sampling.problems_per_round)]
         prompts = [self.prompter(p) for p in problems]
-        params = SamplingParams(
-            max_new_tokens=sampling.max_new_tokens,
-            temperature=sampling.temperature,
-            logprobs=True,
-            require_full_length=True,
-        )
+        params = controller.sampling_params(sampling.max_new_tokens, sampling.temperature)
 
         def seeds(index: int, k: int) -> int:
             return sample_seed(cfg.seed, self.round, index, k, "fresh")
@@ -315,11 +255,7 @@ class PreferenceRun:
 
     def restore(self, folder: Path) -> None:
         state = self.trainer.restore(folder)
-        if state.get("config") != self.cfg.expanded:
-            raise ValueError(
-                f"the checkpoint in {folder} was written with other settings: resume with the same "
-                "config, or start a new run (another name)"
-            )
+        controller.check_settings(state.get("config"), self.cfg.expanded, folder)
         self.step, self.round, self.round_step = (
             int(state["step"]),
             int(state["round"]),

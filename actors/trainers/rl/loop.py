@@ -11,8 +11,6 @@ weights are synced before the first rollout.
 from __future__ import annotations
 
 import copy
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 
 from actors.messages import SamplingParams
 from actors.models import load_model
+from actors.trainers import controller
 from actors.trainers.rl import config as parts
 from actors.trainers.rl.batch import micro_batches
 from actors.trainers.rl.length import AccuracyGate
@@ -32,36 +31,21 @@ from actors.trainers.rl.tasks import build_task
 
 
 @dataclass
-class LoopConfig:
-    """What the loop needs (``pipelines/rl`` builds it from ``RLConfig``).
+class LoopConfig(controller.ControllerConfig):
+    """What the loop needs (``pipelines/rl`` builds it from ``RLConfig``): the fields of
+    :class:`ControllerConfig` (``checkpoint_every``: and at the last step) and
 
     Attributes:
-        model: the policy's model spec (the engines' ``engine.model``).
-        engines: the engine actors' names; namespace: their Ray namespace.
         task, rollout, algorithm, reward, optim: the loop's parts.
-        steps: policy updates of the whole run; seed: the run's seed.
-        checkpoint_every: checkpoint every this many steps (and at the last).
-        sync_timeout_s: a weight sync slower than this raises.
-        strategy: ``ddp`` or ``deepspeed``.
-        threads: torch threads per worker (0 = torch's default).
-        expanded: the settings that shape the trajectory (recorded; a resume with others is refused).
+        steps: policy updates of the whole run.
     """
 
-    model: str
-    engines: list[str]
-    namespace: str | None = None
     task: parts.TaskConfig = field(default_factory=parts.TaskConfig)
     rollout: parts.RolloutConfig = field(default_factory=parts.RolloutConfig)
     algorithm: parts.AlgorithmConfig = field(default_factory=parts.AlgorithmConfig)
     reward: parts.RewardConfig = field(default_factory=parts.RewardConfig)
     optim: parts.OptimConfig = field(default_factory=parts.OptimConfig)
     steps: int = 10
-    seed: int = 0
-    checkpoint_every: int = 5
-    sync_timeout_s: float = 300.0
-    strategy: str = "ddp"
-    threads: int = 0
-    expanded: dict = field(default_factory=dict)
 
 
 #: settings added after runs were first checkpointed, at the values those runs had
@@ -82,52 +66,22 @@ def backfilled(recorded: dict | None) -> dict | None:
 
 def train_loop_per_worker(config: dict) -> None:
     """The Ray Train entry point: ``config["loop"]`` is a :class:`LoopConfig`."""
-    import ray.train
-    import torch.distributed as dist
-    from ray.train.torch import get_device
-
-    from actors.trainers.rl.engines import EnginePool
-
     cfg: LoopConfig = config["loop"]
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    context = ray.train.get_context()
-    rank, world = context.get_world_rank(), context.get_world_size()
-    torch.manual_seed(cfg.seed)
-    run = RLRun(cfg, rank, world, get_device())
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as folder:
-            run.restore(Path(folder))
-    engines = None
-    if rank == 0:
-        engines = EnginePool(cfg.engines, cfg.namespace, cfg.rollout.timeout_s, cfg.sync_timeout_s)
-    scratch = Path(tempfile.mkdtemp(prefix="rl-"))
-    try:
-        if rank == 0:  # the engines start from the trainer's weights (restored ones after a resume)
+    with controller.worker_run(cfg, RLRun, cfg.rollout.timeout_s, "rl-") as (run, engines, dist, scratch):
+        if run.rank == 0:  # the engines start from the trainer's weights (restored ones after a resume)
             engines.load_weights(run.trainer.sync_state(), run.step)
         for _ in range(run.step, cfg.steps):
-            metrics = run.step_once(engines, dist if world > 1 else None)
+            metrics = run.step_once(engines, dist)
             report(run, metrics, scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def report(run: RLRun, metrics: dict, scratch: Path) -> None:
     """Report the step's metrics to Ray Train, with a checkpoint every ``checkpoint_every`` steps."""
-    import ray.train
-    from ray.train import Checkpoint
-
     cfg = run.cfg
     if run.rank == 0:
         print(progress_line(metrics, cfg.steps), flush=True)
-    if run.step % cfg.checkpoint_every and run.step != cfg.steps:
-        ray.train.report(metrics)
-        return
-    folder = run.save(scratch / f"step_{run.step}")
-    name = f"checkpoint_{run.step:06d}"
-    ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(folder)), checkpoint_dir_name=name)
-    shutil.rmtree(folder, ignore_errors=True)  # persisted by now
+    due = not run.step % cfg.checkpoint_every or run.step == cfg.steps
+    controller.report_step(run, metrics, scratch, checkpoint=due)
 
 
 def progress_line(m: dict, steps: int) -> str:
@@ -140,17 +94,12 @@ def progress_line(m: dict, steps: int) -> str:
     )
 
 
-class RLRun:
-    """One worker's side of the run: the policy trainer, the step counter, the history.
-
-    Args:
-        cfg: the loop's settings.
-        rank, world: this worker and the worker count.
-        device: where the policy trains.
-    """
+class RLRun(controller.ControllerRun):
+    """One worker's side of the run (see :class:`ControllerRun`): the policy trainer, the step
+    counter, the history."""
 
     def __init__(self, cfg: LoopConfig, rank: int, world: int, device: torch.device):
-        self.cfg, self.rank, self.world, self.device = cfg, rank, world, device
+        super().__init__(cfg, rank, world, device)
         rollout = cfg.rollout
         batch = rollout.problems_per_step * rollout.n
         if batch % world:
@@ -164,9 +113,6 @@ class RLRun:
         policy = loaded.model.to(device)
         reference = copy.deepcopy(policy) if cfg.algorithm.use_kl_loss else None
         micro_steps = -(-(mini // world) // cfg.optim.micro_batch_size)
-        wrap = None
-        if world > 1 and cfg.strategy == "ddp":
-            from ray.train.torch import prepare_model as wrap
         self.trainer = PolicyTrainer(
             policy,
             cfg.optim,
@@ -176,7 +122,7 @@ class RLRun:
             strategy=cfg.strategy,
             reference=reference,
             micro_steps=micro_steps,
-            wrap=wrap,
+            wrap=self.ddp_wrap,
         )
         self.task = build_task(cfg.task.name, **cfg.task.knobs)
         self.prompter = Prompter(self.tokenizer, self.task, cfg.task.few_shot, cfg.task.response_prefix)
@@ -212,12 +158,7 @@ class RLRun:
         """This step's groups (with DAPO's filter: more rounds until enough informative ones),
         their rewards and advantages, flattened, and the rollout metrics."""
         cfg, rollout = self.cfg, self.cfg.rollout
-        params = SamplingParams(
-            max_new_tokens=rollout.max_new_tokens,
-            temperature=rollout.temperature,
-            logprobs=True,
-            require_full_length=True,
-        )
+        params = controller.sampling_params(rollout.max_new_tokens, rollout.temperature)
         keep, dropped, seconds, rounds = [], [], 0.0, 0
         filtering = cfg.algorithm.filter_groups
         while len(keep) < rollout.problems_per_step:
@@ -298,10 +239,6 @@ class RLRun:
 
     def restore(self, folder: Path) -> None:
         state = self.trainer.restore(folder)
-        if backfilled(state.get("config")) != self.cfg.expanded:
-            raise ValueError(
-                f"the checkpoint in {folder} was written with other settings: resume with the same "
-                "config, or start a new run (another name)"
-            )
+        controller.check_settings(backfilled(state.get("config")), self.cfg.expanded, folder)
         self.step, self.history = int(state["step"]), list(state["history"])
         self.gate.load_state_dict(state["gate"])

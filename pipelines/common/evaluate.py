@@ -1,4 +1,5 @@
-"""Held-out evaluation of the policy the engine actors hold: greedy answers to fixed problems."""
+"""Held-out evaluation of the policy the engine actors hold (``tandem rl``, ``tandem preference``):
+greedy answers to fixed problems, and the paired test between two such evaluations."""
 
 from __future__ import annotations
 
