@@ -65,7 +65,26 @@ def preference_lines(n: int = 40, seed: int = 0) -> list[str]:
     return lines
 
 
-def test_bad_rows_are_reported_by_row_and_the_rest_are_used(tmp_path, tiny_tokenizer):
+@pytest.fixture(scope="module")
+def local_ray():
+    """A Ray of its own for the dataset stage (Ray Data), shut down after the module."""
+    import ray
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    if started:
+        ray.shutdown()
+
+
+def parquet_file(path: Path, columns: dict) -> None:
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer)
+    path.write_bytes(buffer.getvalue())
+
+
+def test_bad_rows_are_reported_by_row_and_the_rest_are_used(tmp_path, tiny_tokenizer, local_ray):
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(preference_lines()) + "\n")
     pairs, bad, rows = load_pairs(
@@ -80,17 +99,38 @@ def test_bad_rows_are_reported_by_row_and_the_rest_are_used(tmp_path, tiny_token
     assert conversational.chosen_ids[-1] == EOS and len(conversational.chosen_ids) == 4  # 3 words + EOS
 
 
-def test_a_parquet_file_without_a_column_reports_every_row(tmp_path, tiny_tokenizer):
-    table = pa.table({"prompt": ["t1 t2", "t3"], "chosen": ["t4", "t5"]})
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    (tmp_path / "pairs.parquet").write_bytes(buffer.getvalue())
+def test_a_parquet_file_without_a_column_reports_every_row(tmp_path, tiny_tokenizer, local_ray):
+    parquet_file(tmp_path / "pairs.parquet", {"prompt": ["t1 t2", "t3"], "chosen": ["t4", "t5"]})
     pairs, bad, _ = load_pairs(DataConfig(dataset=str(tmp_path / "*.parquet")), StoreConfig(), tiny_tokenizer)
     assert not pairs
     assert [(row.row, row.reason) for row in bad] == [
         (0, "missing column 'rejected'"),
         (1, "missing column 'rejected'"),
     ]
+
+
+def test_rows_are_numbered_over_the_files_in_order(tmp_path, tiny_tokenizer, local_ray):
+    """JSONL and Parquet files in one folder, numbered in sorted file order; Parquet files whose
+    ``chosen`` column has different types (Ray Data cannot read them as one); blank lines skipped."""
+    good = json.dumps({"prompt": "t1", "chosen": "t2", "rejected": "t3"})
+    (tmp_path / "a.jsonl").write_text(f"{good}\n  \n{{broken\n\n{good}\n")
+    parquet_file(
+        tmp_path / "b.parquet", {"prompt": ["t4", "t5"], "chosen": ["t6", "t7"], "rejected": ["t8", "t7"]}
+    )
+    turn = [{"role": "assistant", "content": "t9"}]
+    parquet_file(
+        tmp_path / "c.parquet", {"prompt": ["t1", None], "chosen": [turn, turn], "rejected": ["t2", "t3"]}
+    )
+    pairs, bad, rows = load_pairs(DataConfig(dataset=str(tmp_path)), StoreConfig(), tiny_tokenizer)
+    assert rows == 7 and [p.source for p in pairs] == [0, 2, 3, 5]
+    assert [(row.row, Path(row.file).name, row.reason.split(" (")[0]) for row in bad] == [
+        (1, "a.jsonl", "not valid JSON"),
+        (4, "b.parquet", "chosen and rejected are the same: nothing to prefer"),
+        (6, "c.parquet", "missing column 'prompt'"),
+    ]
+    conversational = pairs[3]  # c.parquet's first row: chosen as one assistant message
+    assert len(conversational.chosen_ids) == 2 and conversational.chosen_ids[-1] == EOS
+    assert conversational.prompt_ids == pairs[0].prompt_ids
 
 
 @pytest.mark.parametrize("path", ["configs/preference_dpo.yaml", "configs/preference_simpo.yaml"])
