@@ -196,7 +196,7 @@ def checked_rows(files: list[str], fs: pafs.FileSystem, data: DataConfig, tokeni
         ]
         if jsonl:
             text = ray.data.read_text(jsonl, encoding="utf-8", drop_empty_lines=True, **read)
-            stages.append(checked(text, True))
+            stages.append(checked(text, lines=True))
         rows = stages[0].union(*stages[1:]) if len(stages) > 1 else stages[0]
         return rows.take_all()
 
