@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,14 +68,27 @@ def convert_gguf(gguf: Path) -> Path:
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    partial = target.with_name(target.name + ".partial")
+    # Each converter writes its own folder: engine actors and the driver may convert at once.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=target.name + ".partial-", dir=target.parent))
     # The weights are plain floats now; drop the GGUF quantizer that blocks saving them.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
-    partial.rename(target)  # atomic: a crashed conversion never looks complete
+    return publish_conversion(partial, target)
+
+
+def publish_conversion(partial: Path, target: Path) -> Path:
+    """Move a finished conversion into place atomically (a crashed one never looks complete);
+    where another process got there first, keep its copy and drop ours."""
+    try:
+        partial.rename(target)
+    except OSError:
+        if not (target / "config.json").exists():
+            raise
+        shutil.rmtree(partial, ignore_errors=True)
     return target
 
 
