@@ -6,12 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from actors.engine_config import EngineConfig
 from actors.trainers.preference.config import LossConfig, SamplingConfig, TrainConfig
-from actors.trainers.rl.config import TaskConfig
-from pipelines.common.storage import StoreConfig
-from pipelines.common.training import WorkersConfig
-from pipelines.graph import Placement
+from pipelines.common.job_config import EngineJobConfig
 
 FORMATS = ("auto", "parquet", "jsonl")
 
@@ -70,65 +66,38 @@ class EvalConfig:
 
 
 @dataclass
-class PreferenceConfig:
-    """Everything ``tandem preference`` runs.
+class PreferenceConfig(EngineJobConfig):
+    """Everything ``tandem preference`` runs: the fields of :class:`EngineJobConfig` (engine,
+    placement, task — on-policy pairs and the held-out strict accuracy —, workers, seed, storage,
+    name, ``checkpoint_every`` — also at the end of every round —, ``sync_timeout_s``,
+    ``metrics_out`` — with the bad rows too —, s3 — datasets and checkpoints) and
 
     Attributes:
-        engine: the policy model and the engine (drafter, dtype, KV cache size).
-        verifier: where each engine (verifier) actor runs.
-        drafter: where each drafter actor runs (``ngram`` and ``model:`` drafters).
         data: the pairs' source (a dataset, or on-policy).
-        task: the verifiable task (on-policy pairs and the held-out strict accuracy).
         sampling: on-policy pairs.
         loss: the preference loss (``loss_type``, ``beta``, ...).
         train: the update.
-        workers: the Ray Train worker group (``ddp`` or ``deepspeed`` ZeRO-2).
         eval: held-out evaluation.
         rounds: iterative rounds: after each, the policy is synced into the live engine actors
             and the next round's pairs are sampled on-policy from it (a dataset feeds round 0).
-        seed: the run's seed: problems, sampling seeds, shuffles and the trainer derive from it.
-        storage_path: where checkpoints live, local or ``s3://``; the run is ``storage_path/name``
-            and a run of the same name resumes from its latest checkpoint.
-        name: the run's name.
-        checkpoint_every: save every this many steps (and at the end of every round).
-        sync_timeout_s: a weight sync slower than this fails the run (never hangs).
-        metrics_out: a JSON file with the expanded config, the per-step history, the bad rows
-            and the evaluations (and a PNG of the curves beside it); empty = none.
-        s3: object-store endpoint and credentials (datasets and checkpoints).
     """
 
-    engine: EngineConfig = field(default_factory=lambda: EngineConfig(max_batch_size=32, max_model_len=1024))
-    verifier: Placement = field(default_factory=Placement)
-    drafter: Placement = field(default_factory=lambda: Placement(num_cpus=0.0))
     data: DataConfig = field(default_factory=DataConfig)
-    task: TaskConfig = field(default_factory=TaskConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    workers: WorkersConfig = field(default_factory=WorkersConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     rounds: int = 1
-    seed: int = 0
     storage_path: str = "~/.cache/tandem/preference"
     name: str = "preference"
     checkpoint_every: int = 10
-    sync_timeout_s: float = 300.0
-    metrics_out: str = ""
-    s3: StoreConfig = field(default_factory=StoreConfig)
 
     def __post_init__(self) -> None:
-        if self.rounds < 1 or self.checkpoint_every < 1:
-            raise ValueError("rounds and checkpoint_every must be >= 1")
-        if not self.name.strip() or "/" in self.name:
-            raise ValueError("name must be a plain name (no '/')")
+        if self.rounds < 1:
+            raise ValueError("rounds must be >= 1")
+        self.check_job(0 if self.data.dataset else self.sampling.max_new_tokens, "sampling.max_new_tokens")
         if self.train.batch_size % self.workers.num_workers:
             raise ValueError(
                 f"train.batch_size={self.train.batch_size} must split over "
                 f"workers.num_workers={self.workers.num_workers}"
-            )
-        room = self.sampling.max_new_tokens + self.engine.max_draft_nodes + 1
-        if not self.data.dataset and room >= self.engine.max_model_len:
-            raise ValueError(
-                f"engine.max_model_len={self.engine.max_model_len} leaves no room for a prompt: "
-                f"sampling.max_new_tokens + engine.max_draft_nodes + 1 = {room}"
             )

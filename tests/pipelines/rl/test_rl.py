@@ -62,6 +62,16 @@ def test_the_demo_configs_load(path):
     assert cfg.task.name == "arithmetic" and cfg.eval.problems == 200 and cfg.task.few_shot == 2
 
 
+def test_the_grpo_demo_is_the_short_rl_demo_with_its_length_term_off():
+    """docs/rl.md runs the Short-RL control as ``configs/rl_short_rl.yaml reward.length=none``:
+    it must be the GRPO demo file's run (same seeds, problems and settings), under another name."""
+    control = load_config(RLConfig, "configs/rl_short_rl.yaml", ["reward.length=none"])
+    grpo = load_config(RLConfig, "configs/rl_grpo_arith.yaml")
+    for cfg in (control, grpo):
+        cfg.name = cfg.metrics_out = ""
+    assert control == grpo
+
+
 @pytest.fixture(scope="module")
 def local_ray():
     started = not ray.is_initialized()
