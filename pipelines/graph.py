@@ -210,3 +210,14 @@ def start_graph(cfg: GraphConfig) -> Graph:
         .remote(cfg.engine, drafter, cfg.drafter_timeout_s, cfg.verifier.threads)
     )
     return Graph(engine, drafter)
+
+
+def wait_ready(graph: Graph, timeout_s: float = 900.0) -> None:
+    """Block until the graph's actors have built their engine and drafter. A job that sends work
+    at once would otherwise time out its first drafter calls while the drafter actor still
+    imports and loads (the engine then decodes without drafts: lossless, but slower)."""
+    handles = [graph.engine] + ([graph.drafter] if graph.drafter is not None else [])
+    try:
+        ray.get([handle.node_id.remote() for handle in handles], timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"the engine and drafter actors did not start within {timeout_s:.0f} s") from None

@@ -18,7 +18,7 @@ from actors.trainers.rl.rollout import Prompter
 from actors.trainers.rl.tasks import Task, build_task
 from pipelines.common.evaluate import mcnemar
 from pipelines.common.storage import read_safetensors
-from pipelines.graph import GraphConfig, start_graph
+from pipelines.graph import GraphConfig, start_graph, wait_ready
 
 
 def expanded(cfg) -> dict:
@@ -36,7 +36,8 @@ def trajectory_settings(cfg, free: tuple[str, ...]) -> dict:
 def engine_graphs(cfg, count: int) -> Iterator[tuple[list[str], str]]:
     """``count`` actor graphs (engine + drafter) of ``cfg.engine`` / ``cfg.drafter`` /
     ``cfg.verifier``, named ``{cfg.name}-{i}``, for the body of the ``with``; yields the engine
-    actors' names and their Ray namespace, and kills the actors on exit.
+    actors' names and their Ray namespace once every actor has started, and kills the actors
+    on exit.
 
     Joins the Ray cluster in ``RAY_ADDRESS`` (``ray job submit`` sets it), else starts a local one.
     """
@@ -52,6 +53,8 @@ def engine_graphs(cfg, count: int) -> Iterator[tuple[list[str], str]]:
     ]
     names = [f"{cfg.name}-{i}-verifier" for i in range(count)]
     try:
+        for graph in graphs:
+            wait_ready(graph)
         yield names, ray.get_runtime_context().namespace
     finally:
         for graph in graphs:
