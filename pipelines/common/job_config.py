@@ -26,6 +26,8 @@ class EngineJobConfig:
         and a run of the same name resumes from its latest checkpoint.
     name: the run's name.
     checkpoint_every: save every this many steps (and at the end).
+    keep_checkpoints: the latest checkpoints kept (``tandem rl-bench`` reads a run's policy at
+        several steps: keep them all with ``steps // checkpoint_every + 1``).
     sync_timeout_s: a weight sync slower than this fails the run (never hangs).
     metrics_out: a JSON file with the expanded config, the per-step history and the
         evaluations (and a PNG of the curves beside it); empty = none.
@@ -41,6 +43,7 @@ class EngineJobConfig:
     storage_path: str = "~/.cache/tandem"
     name: str = "run"
     checkpoint_every: int = 5
+    keep_checkpoints: int = 2
     sync_timeout_s: float = 300.0
     metrics_out: str = ""
     s3: StoreConfig = field(default_factory=StoreConfig)
@@ -49,8 +52,8 @@ class EngineJobConfig:
         """The checks every such job shares: a plain name, a checkpoint interval, and room in
         ``engine.max_model_len`` for a prompt beside ``max_new_tokens`` (``sampling_key``: its
         config key, for the message; 0 = the job samples nothing) and a draft tree."""
-        if self.checkpoint_every < 1:
-            raise ValueError("checkpoint_every must be >= 1")
+        if self.checkpoint_every < 1 or self.keep_checkpoints < 1:
+            raise ValueError("checkpoint_every and keep_checkpoints must be >= 1")
         if not self.name.strip() or "/" in self.name:
             raise ValueError("name must be a plain name (no '/')")
         if not max_new_tokens:

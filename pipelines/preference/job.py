@@ -22,7 +22,15 @@ from pipelines.preference.report import write_record
 log = logging.getLogger(__name__)
 
 #: settings a resumed run may change: they do not change the trajectory so far
-FREE_ON_RESUME = ("rounds", "eval", "metrics_out", "checkpoint_every", "sync_timeout_s", "s3")
+FREE_ON_RESUME = (
+    "rounds",
+    "eval",
+    "metrics_out",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "sync_timeout_s",
+    "s3",
+)
 SHOWN_BAD_ROWS = 10
 
 
@@ -115,7 +123,15 @@ def train(cfg: PreferenceConfig, names: list[str], namespace: str, pairs: list[d
         rounds=cfg.rounds,
         pairs=pairs,
     )
-    return fit(train_loop_per_worker, {"loop": loop}, cfg.workers, cfg.name, cfg.storage_path, cfg.s3)
+    return fit(
+        train_loop_per_worker,
+        {"loop": loop},
+        cfg.workers,
+        cfg.name,
+        cfg.storage_path,
+        cfg.s3,
+        keep=cfg.keep_checkpoints,
+    )
 
 
 def summary_line(record: dict) -> str:

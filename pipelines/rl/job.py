@@ -19,7 +19,15 @@ log = logging.getLogger(__name__)
 
 
 #: settings a resumed run may change: they do not change the trajectory
-FREE_ON_RESUME = ("steps", "eval", "metrics_out", "checkpoint_every", "sync_timeout_s", "s3")
+FREE_ON_RESUME = (
+    "steps",
+    "eval",
+    "metrics_out",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "sync_timeout_s",
+    "s3",
+)
 
 
 def main(cfg: RLConfig) -> dict:
@@ -69,7 +77,15 @@ def train(cfg: RLConfig, names: list[str], namespace: str):
         optim=cfg.optim,
         steps=cfg.steps,
     )
-    return fit(train_loop_per_worker, {"loop": loop}, cfg.workers, cfg.name, cfg.storage_path, cfg.s3)
+    return fit(
+        train_loop_per_worker,
+        {"loop": loop},
+        cfg.workers,
+        cfg.name,
+        cfg.storage_path,
+        cfg.s3,
+        keep=cfg.keep_checkpoints,
+    )
 
 
 def summary_line(record: dict) -> str:
