@@ -41,6 +41,11 @@ PIPELINES = {
         "BatchBenchConfig",
         "batch job benchmark: the same prompts with speculation on and off",
     ),
+    "rl-bench": (
+        "pipelines.bench.rl_bench",
+        "RLBenchConfig",
+        "speculative RL rollouts at an RL run's checkpoints, per drafter",
+    ),
     "verify-cost": (
         "pipelines.bench.verify_cost",
         "VerifyCostConfig",
