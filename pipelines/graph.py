@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -111,9 +112,28 @@ class RemoteDrafter:
 
     async def _call(self, method: str, *args):
         try:
-            return await asyncio.wait_for(getattr(self.handle, method).remote(*args), self.timeout_s)
+            return await responsive_wait(getattr(self.handle, method).remote(*args), self.timeout_s)
         except Exception as exc:  # dead, restarting, unreachable or slow: all mean "no drafts now"
             raise DrafterUnavailable(f"{method}: {type(exc).__name__}: {exc}") from exc
+
+
+async def responsive_wait(awaitable, timeout_s: float, tick_s: float = 0.05):
+    """``awaitable``'s result, or :class:`TimeoutError` after ``timeout_s`` of waiting while the
+    event loop ran. Time the loop spent blocked does not count: the engine verifies on its loop's
+    thread, and with ``asyncio.wait_for`` a drafter reply that arrived during a long verifier
+    step (a prefill of a full batch takes seconds on a CPU) was dropped as a timeout once the
+    step outlasted it, marking a healthy drafter unavailable."""
+    future = asyncio.ensure_future(awaitable)
+    waited = 0.0
+    while True:
+        began = time.monotonic()
+        await asyncio.wait({future}, timeout=tick_s)
+        if future.done():
+            return future.result()
+        waited += min(time.monotonic() - began, 2 * tick_s)  # a blocked loop counts one tick
+        if waited >= timeout_s:
+            future.cancel()
+            raise TimeoutError(f"no reply within {timeout_s:g} s")
 
 
 class EngineServer:
