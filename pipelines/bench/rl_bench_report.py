@@ -214,7 +214,11 @@ def write_plot(record: dict, path: Path) -> None:
                     " (stale)" if stale(arm) else " (aligned)" if arm in ("ngram", "replay") else ""
                 )
                 ax.plot(
-                    *series(table, arm, key), marker="o", label=label, linestyle="--" if stale(arm) else "-"
+                    *series(table, arm, key),
+                    marker="o",
+                    label=label,
+                    color=f"C{arms.index(arm)}",  # one colour per arm in every panel
+                    linestyle="--" if stale(arm) else "-",
                 )
             ax.set_title(title)
             ax.set_xlabel("RL step")
