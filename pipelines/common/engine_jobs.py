@@ -18,7 +18,20 @@ from actors.trainers.rl.rollout import Prompter
 from actors.trainers.rl.tasks import Task, build_task
 from pipelines.common.evaluate import mcnemar
 from pipelines.common.storage import read_safetensors
+from pipelines.common.training import fit
 from pipelines.graph import GraphConfig, start_graph, wait_ready
+
+#: the :class:`~pipelines.common.job_config.EngineJobConfig` settings a resumed run may change:
+#: they do not change the trajectory so far (each job adds its own length: ``steps``, ``rounds``)
+FREE_ON_RESUME = ("eval", "metrics_out", "checkpoint_every", "keep_checkpoints", "sync_timeout_s", "s3")
+
+
+def fit_job(cfg, train_loop: Callable[[dict], None], loop) -> object:
+    """Run ``train_loop`` with ``loop`` (its config) on ``cfg``'s worker group, as the run
+    ``cfg.storage_path/cfg.name`` keeping ``cfg.keep_checkpoints``; the Ray Train result."""
+    return fit(
+        train_loop, {"loop": loop}, cfg.workers, cfg.name, cfg.storage_path, cfg.s3, keep=cfg.keep_checkpoints
+    )
 
 
 def expanded(cfg) -> dict:

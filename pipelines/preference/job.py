@@ -13,7 +13,6 @@ from actors.trainers.preference.pairs import Pair, attach_reference
 from actors.trainers.rl.engines import EnginePool
 from pipelines.common import engine_jobs
 from pipelines.common.evaluate import evaluate
-from pipelines.common.training import fit
 from pipelines.preference.config import PreferenceConfig
 from pipelines.preference.dataset import load_pairs
 from pipelines.preference.evaluate import pair_accuracy, sampled_pairs
@@ -22,15 +21,7 @@ from pipelines.preference.report import write_record
 log = logging.getLogger(__name__)
 
 #: settings a resumed run may change: they do not change the trajectory so far
-FREE_ON_RESUME = (
-    "rounds",
-    "eval",
-    "metrics_out",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "sync_timeout_s",
-    "s3",
-)
+FREE_ON_RESUME = ("rounds", *engine_jobs.FREE_ON_RESUME)
 SHOWN_BAD_ROWS = 10
 
 
@@ -123,15 +114,7 @@ def train(cfg: PreferenceConfig, names: list[str], namespace: str, pairs: list[d
         rounds=cfg.rounds,
         pairs=pairs,
     )
-    return fit(
-        train_loop_per_worker,
-        {"loop": loop},
-        cfg.workers,
-        cfg.name,
-        cfg.storage_path,
-        cfg.s3,
-        keep=cfg.keep_checkpoints,
-    )
+    return engine_jobs.fit_job(cfg, train_loop_per_worker, loop)
 
 
 def summary_line(record: dict) -> str:

@@ -10,7 +10,6 @@ from actors.trainers.rl.engines import EnginePool
 from actors.trainers.rl.loop import LoopConfig, train_loop_per_worker
 from pipelines.common import engine_jobs
 from pipelines.common.evaluate import evaluate
-from pipelines.common.training import fit
 from pipelines.rl.config import RLConfig
 from pipelines.rl.report import write_record
 from pipelines.rl.speculation import compare
@@ -19,15 +18,7 @@ log = logging.getLogger(__name__)
 
 
 #: settings a resumed run may change: they do not change the trajectory
-FREE_ON_RESUME = (
-    "steps",
-    "eval",
-    "metrics_out",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "sync_timeout_s",
-    "s3",
-)
+FREE_ON_RESUME = ("steps", *engine_jobs.FREE_ON_RESUME)
 
 
 def main(cfg: RLConfig) -> dict:
@@ -77,15 +68,7 @@ def train(cfg: RLConfig, names: list[str], namespace: str):
         optim=cfg.optim,
         steps=cfg.steps,
     )
-    return fit(
-        train_loop_per_worker,
-        {"loop": loop},
-        cfg.workers,
-        cfg.name,
-        cfg.storage_path,
-        cfg.s3,
-        keep=cfg.keep_checkpoints,
-    )
+    return engine_jobs.fit_job(cfg, train_loop_per_worker, loop)
 
 
 def summary_line(record: dict) -> str:
