@@ -4,8 +4,9 @@
 from __future__ import annotations
 
 import copy
-import os
+import datetime
 import random
+import time
 
 import torch
 import torch.distributed as dist
@@ -17,7 +18,6 @@ from actors.trainers.rl.policy import PolicyTrainer, StepTotals
 from actors.trainers.rl.rollout import Sample
 from actors.trainers.rl.tasks import Problem
 from tests.conftest import make_tiny_model
-from tests.pipelines.conftest import free_port
 
 CPU = torch.device("cpu")
 
@@ -71,9 +71,13 @@ def test_a_per_micro_batch_denominator_would_change_the_gradient():
     assert not all(torch.allclose(got[n], expected[n], atol=1e-6, rtol=1e-5) for n in expected)
 
 
-def _worker(rank: int, port: int, batch, scores, out: str) -> None:
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    dist.init_process_group("gloo", rank=rank, world_size=2)
+#: a rank that cannot reach the other within this fails the test instead of hanging the run
+RENDEZVOUS = datetime.timedelta(seconds=120)
+
+
+def _worker(rank: int, rendezvous: str, batch, scores, out: str) -> None:
+    # a file rendezvous: no port to race for, and gloo's own timeout bounds every wait
+    dist.init_process_group("gloo", init_method=rendezvous, rank=rank, world_size=2, timeout=RENDEZVOUS)
     torch.set_num_threads(1)
     wrap = torch.nn.parallel.DistributedDataParallel
     trainer = trainer_for(make_tiny_model(seed=5), world=2, wrap=wrap)
@@ -89,11 +93,24 @@ def test_token_mean_gradient_is_the_same_for_1_and_2_workers(tmp_path):
     batch, scores = samples()
     single = trainer_for(make_tiny_model(seed=5))
     single.accumulate(micro_batches(batch, scores, 8), totals(batch), CPU)
-    out = str(tmp_path / "grads.pt")
-    mp.start_processes(_worker, args=(free_port(), batch, scores, out), nprocs=2, start_method="spawn")
+    out, rendezvous = str(tmp_path / "grads.pt"), f"file://{tmp_path / 'rendezvous'}"
+    workers = mp.start_processes(
+        _worker, args=(rendezvous, batch, scores, out), nprocs=2, start_method="spawn", join=False
+    )
+    join_within(workers, seconds=3 * RENDEZVOUS.total_seconds())
     reduced = torch.load(out)
     expected = gradients(single)
     names = {n.removeprefix("module.") for n in reduced}
     assert names == set(expected)
     got = {n.removeprefix("module."): g for n, g in reduced.items()}
     assert all(torch.allclose(got[n], expected[n], atol=1e-6, rtol=1e-5) for n in expected)
+
+
+def join_within(workers: mp.ProcessContext, seconds: float) -> None:
+    """Join spawned ranks, or kill them and fail when they are still running after ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not workers.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in workers.processes:
+                process.kill()
+            raise AssertionError(f"the 2 DDP ranks did not finish within {seconds:.0f} s")
