@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import os
 import random
 import time
 
@@ -86,7 +87,12 @@ def _worker(rank: int, rendezvous: str, batch, scores, out: str) -> None:
     trainer.accumulate(micro_batches(*local, 2), totals(batch), CPU)
     if rank == 0:
         torch.save(gradients(trainer), out)  # a test's own scratch file
-    dist.destroy_process_group()
+    dist.barrier()
+    # Exit without destructors: when the DDP reducer drops the last reference to the gloo group,
+    # ~ProcessGroupGloo joins gloo's worker thread with the GIL held while that thread waits for
+    # the GIL to free a finished work item — a deadlock that hung CI (seen with py-spy; it needs
+    # the whole suite imported, where the work items hold a Python object).
+    os._exit(0)
 
 
 def test_token_mean_gradient_is_the_same_for_1_and_2_workers(tmp_path):
